@@ -1,0 +1,42 @@
+# plexserve: `make serve` and `make test` do all the set-up on a fresh clone.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+REPO ?= model_repository
+GRPC_PORT ?= 8500
+HTTP_PORT ?= 8501
+DEMO_MODELS := mlp multi_input inception residual shared_encoder multi_output text_classifier multi_task
+PYTEST_ARGS ?=
+
+.PHONY: install serve test protos lint demo-models clean
+
+install: $(STAMP)
+
+# The venv is rebuilt when the dependencies change; requirements.lock pins every package.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,lint]'
+	touch $(STAMP)
+
+# Builds the demo models that are missing from $(REPO) (an existing model is left as it is).
+demo-models: $(STAMP)
+	@missing=$$(for m in $(DEMO_MODELS); do [ -d $(REPO)/$$m ] || echo $$m; done); \
+	if [ -n "$$missing" ]; then $(BIN)/plexserve build $$missing --repo $(REPO); fi
+
+serve: demo-models
+	$(BIN)/plexserve serve --repo $(REPO) --grpc-port $(GRPC_PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Regenerates service/proto/ from protos/*.proto (the test suite fails when they differ).
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check service models tests protos bench
+	$(BIN)/mypy service models
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

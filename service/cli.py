@@ -1,0 +1,168 @@
+"""The `plexserve` command line (also `python -m service`): parses flags and calls the rest.
+
+Subcommands: builders, build, inspect, serve. `main(argv)` returns the exit status, so tests call
+it in-process (one TensorFlow import for the whole suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_REPOSITORY = "model_repository"
+log = logging.getLogger("plexserve")
+
+
+def _repository_default() -> Path:
+    return Path(os.environ.get("PLEXSERVE_MODEL_REPOSITORY", DEFAULT_REPOSITORY))
+
+
+def _registry(modules: Sequence[str]):  # type: ignore[no-untyped-def]
+    """The builder registry with built-ins, entry-point builders and --builders-module modules."""
+    from models import default_registry
+
+    default_registry.load_entry_points()
+    for module in modules:
+        default_registry.load_module(module)
+    return default_registry
+
+
+def cmd_builders(args: argparse.Namespace) -> int:
+    for builder in _registry(args.builders_module):
+        print(f"{builder.name}: {builder.summary}")
+        for parameter in builder.parameters:
+            print(f"    --set {parameter.describe()}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from service.export import export_model
+    from service.signature import format_signature
+
+    if len(args.builder) > 1 and (args.name or args.version is not None or args.set):
+        raise SystemExit("--name, --version and --set apply to one builder: give one BUILDER")
+    registry = _registry(args.builders_module)
+    for builder_name in args.builder:
+        builder = registry.get(builder_name)
+        model = builder.build(**builder.parse_overrides(args.set))
+        exported = export_model(model, args.repo, args.name or builder.name, args.version)
+        print(f"built {builder.name} -> {exported.path} (version {exported.version})")
+        print("signature serving_default:")
+        print(format_signature(exported.signature))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from service.export import load_signature
+    from service.signature import format_signature
+
+    print(f"{args.path} signature serving_default:")
+    print(format_signature(load_signature(args.path)))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.server import ServerSettings, serve
+
+    _registry(args.builders_module)
+    settings = ServerSettings(
+        repository=args.repo,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        grace_period=args.grace_period,
+    )
+    asyncio.run(serve(settings))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="plexserve", description="Serve Keras models over gRPC.")
+    top.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        return sub
+
+    def builders_module(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--builders-module",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import MODULE so its @register_builder functions are available",
+        )
+
+    def repo(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--repo",
+            type=Path,
+            default=_repository_default(),
+            help="model repository (env PLEXSERVE_MODEL_REPOSITORY; default "
+            f"./{DEFAULT_REPOSITORY})",
+        )
+
+    sub = command("builders", "list builders, their parameters and defaults")
+    builders_module(sub)
+    sub.set_defaults(run=cmd_builders)
+
+    sub = command("build", "build models and export them as SavedModel versions")
+    sub.add_argument("builder", nargs="+", metavar="BUILDER")
+    sub.add_argument("--name", help="model name (default: the builder's name)")
+    sub.add_argument("--version", type=int, help="version number (default: the next free one)")
+    sub.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder parameter, parsed by its type annotation",
+    )
+    repo(sub)
+    builders_module(sub)
+    sub.set_defaults(run=cmd_build)
+
+    sub = command("inspect", "print the serving signature of REPO/NAME/VERSION")
+    sub.add_argument("path", type=Path)
+    sub.set_defaults(run=cmd_inspect)
+
+    sub = command("serve", "serve every model of the repository")
+    repo(sub)
+    builders_module(sub)
+    sub.add_argument("--host", default="0.0.0.0")
+    sub.add_argument("--grpc-port", type=int, default=8500)
+    sub.add_argument(
+        "--grace-period",
+        type=float,
+        default=25.0,
+        help="seconds running requests get to finish after SIGTERM",
+    )
+    sub.add_argument(
+        "--model-control", choices=["none"], default="none", help="none: load every model at start"
+    )
+    sub.set_defaults(run=cmd_serve)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from models.registry import BuilderError
+    from service.errors import ServingError
+    from service.export import ExportError
+
+    try:
+        return int(args.run(args))
+    except (BuilderError, ExportError, ServingError) as error:
+        print(f"plexserve {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

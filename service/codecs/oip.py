@@ -1,0 +1,257 @@
+"""Open Inference Protocol v2 messages <-> the internal form, `dict[str, numpy.ndarray]`.
+
+The only module that touches OIP tensor protobufs. Decoding checks what the protocol itself can
+get wrong (datatype names, negative dimensions, content that does not match the claimed shape,
+malformed BYTES length prefixes, raw and typed content mixed) before allocating anything sized by
+a claimed shape; checks against the model (names, dtypes, shapes) are Signature.validate's, shared
+with the other protocols. Stateless and thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.errors import InvalidInput
+from service.proto import grpc_service_pb2 as pb
+from service.proto import model_config_pb2 as config_pb
+from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec, format_shape
+
+PLATFORM = "tensorflow_savedmodel"
+
+# Which typed-contents field carries each datatype (FP16 has none in the protocol).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_CONTENTS_FIELDS = sorted(set(_CONTENTS_FIELD.values()))
+_WIRE_DTYPE = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+_LENGTH = struct.Struct("<I")
+
+
+def _element_count(name: str, shape: Sequence[int]) -> int:
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{name}': shape {format_shape(shape)} has a negative dimension")
+    return math.prod(shape)
+
+
+def _split_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    """Split length-prefixed BYTES elements; every element costs at least its 4-byte prefix, so
+    a claimed element count larger than the content allows is refused before allocating."""
+    if count * _LENGTH.size > len(raw):
+        raise InvalidInput(
+            f"input '{name}': {len(raw)} bytes of BYTES content cannot hold "
+            f"{count} elements (each needs a 4-byte length prefix)"
+        )
+    elements = np.empty(count, dtype=object)
+    offset, end = 0, len(raw)
+    for i in range(count):
+        if offset + _LENGTH.size > end:
+            raise InvalidInput(
+                f"input '{name}': BYTES content ends before the length prefix "
+                f"of element {i} of {count}"
+            )
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += _LENGTH.size
+        if offset + length > end:
+            raise InvalidInput(
+                f"input '{name}': BYTES element {i} claims {length} bytes but "
+                f"only {end - offset} remain"
+            )
+        elements[i] = raw[offset : offset + length]
+        offset += length
+    if offset != end:
+        raise InvalidInput(
+            f"input '{name}': {end - offset} bytes left over after the "
+            f"{count} BYTES elements of shape"
+        )
+    return elements
+
+
+def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+    count = _element_count(name, shape)
+    if datatype == "BYTES":
+        return _split_bytes(name, raw, count).reshape(shape)
+    dtype = OIP_DATATYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"input '{name}': raw content has {len(raw)} bytes, but shape "
+            f"{format_shape(shape)} of {datatype} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _decode_typed(
+    name: str, datatype: str, shape: list[int], tensor: pb.ModelInferRequest.InferInputTensor
+) -> np.ndarray:
+    count = _element_count(name, shape)
+    field = _CONTENTS_FIELD.get(datatype)
+    contents = tensor.contents
+    stray = [f for f in _CONTENTS_FIELDS if f != field and len(getattr(contents, f))]
+    if field is None and count == 0 and not stray:
+        return np.empty(shape, dtype=OIP_DATATYPES[datatype])
+    if field is None or stray:
+        where = f"contents.{stray[0]}" if stray else "typed contents"
+        wanted = f"contents.{field}" if field else "raw_input_contents (FP16 has no typed field)"
+        raise InvalidInput(
+            f"input '{name}': datatype {datatype} cannot be sent in {where}; use {wanted}"
+        )
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input '{name}': shape {format_shape(shape)} needs {count} elements, "
+            f"contents.{field} has {len(values)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    # Convert at the wire field's own width, then narrow: numpy would wrap 300 into an INT8
+    # silently, so narrowing conversions are range-checked first.
+    wide = np.array(values, dtype=_WIRE_DTYPE[field])
+    target = OIP_DATATYPES[datatype]
+    if target.kind in "iu" and target.itemsize < wide.dtype.itemsize and wide.size:
+        limits = np.iinfo(target)
+        low, high = wide.min(), wide.max()
+        if low < limits.min or high > limits.max:
+            bad = low if low < limits.min else high
+            raise InvalidInput(
+                f"input '{name}': value {bad} in contents.{field} does not fit "
+                f"{datatype} [{limits.min}, {limits.max}]"
+            )
+    return wide.astype(target, copy=False).reshape(shape)
+
+
+def decode_infer_request(request: pb.ModelInferRequest) -> tuple[Tensors, list[str]]:
+    """Inputs by name and the requested output names (empty = all)."""
+    raw_contents = request.raw_input_contents
+    if raw_contents and len(raw_contents) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw_contents)} entries for "
+            f"{len(request.inputs)} inputs; send one per input, in order, or none"
+        )
+    inputs: Tensors = {}
+    for index, tensor in enumerate(request.inputs):
+        name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' appears more than once")
+        if datatype not in OIP_DATATYPES:
+            raise InvalidInput(
+                f"input '{name}': unknown datatype '{datatype}'; "
+                f"expected one of {', '.join(OIP_DATATYPES)}"
+            )
+        if raw_contents:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{name}' has both raw_input_contents and typed contents; send one"
+                )
+            inputs[name] = _decode_raw(name, datatype, shape, raw_contents[index])
+        else:
+            inputs[name] = _decode_typed(name, datatype, shape, tensor)
+    requested = [output.name for output in request.outputs]
+    return inputs, requested
+
+
+def _encode_raw(array: np.ndarray) -> bytes:
+    if array.dtype == object or array.dtype.kind in "SU":
+        parts = []
+        for element in array.flat:
+            data = element.encode() if isinstance(element, str) else bytes(element)
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array.tobytes()
+
+
+def encode_infer_response(
+    model_name: str, model_version: str, request_id: str, outputs: Tensors, signature: Signature
+) -> pb.ModelInferResponse:
+    """A response with every output in raw_output_contents, in the order of `outputs`."""
+    return pb.ModelInferResponse(
+        model_name=model_name,
+        model_version=model_version,
+        id=request_id,
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(
+                name=name, datatype=signature.outputs[name].datatype, shape=array.shape
+            )
+            for name, array in outputs.items()
+        ],
+        raw_output_contents=[_encode_raw(array) for array in outputs.values()],
+    )
+
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=[-1 if d is None else d for d in spec.shape]
+    )
+
+
+def model_metadata(
+    name: str, versions: Sequence[str], signature: Signature
+) -> pb.ModelMetadataResponse:
+    return pb.ModelMetadataResponse(
+        name=name,
+        versions=list(versions),
+        platform=PLATFORM,
+        inputs=[_tensor_metadata(spec) for spec in signature.inputs.values()],
+        outputs=[_tensor_metadata(spec) for spec in signature.outputs.values()],
+    )
+
+
+def _config_datatype(spec: TensorSpec) -> config_pb.DataType:
+    name = "STRING" if spec.datatype == "BYTES" else spec.datatype
+    return config_pb.DataType.Value(f"TYPE_{name}")
+
+
+def _dims(spec: TensorSpec, batched: bool) -> list[int]:
+    dims = spec.shape[1:] if batched else spec.shape
+    return [-1 if d is None else d for d in dims]
+
+
+def model_config(name: str, signature: Signature, max_batch_size: int) -> pb.ModelConfigResponse:
+    """Triton's view of the model; with max_batch_size > 0 dims leave out the batch dimension."""
+    batched = max_batch_size > 0
+    return pb.ModelConfigResponse(
+        config=config_pb.ModelConfig(
+            name=name,
+            platform=PLATFORM,
+            max_batch_size=max_batch_size,
+            input=[
+                config_pb.ModelInput(
+                    name=s.name, data_type=_config_datatype(s), dims=_dims(s, batched)
+                )
+                for s in signature.inputs.values()
+            ],
+            output=[
+                config_pb.ModelOutput(
+                    name=s.name, data_type=_config_datatype(s), dims=_dims(s, batched)
+                )
+                for s in signature.outputs.values()
+            ],
+        )
+    )

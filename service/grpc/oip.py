@@ -1,0 +1,168 @@
+"""The Open Inference Protocol v2 servicer (`inference.GRPCInferenceService`).
+
+Thin: protobuf -> codec -> DataPlane / ModelRepository -> codec -> protobuf. No model logic here.
+Runs on the grpc.aio event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from service.codecs import oip as codec
+from service.dataplane import DataPlane
+from service.errors import ModelNotFound, ModelNotReady
+from service.grpc.boundary import grpc_errors, status_of
+from service.proto import grpc_service_pb2 as pb
+from service.proto import grpc_service_pb2_grpc as pb_grpc
+from service.repository import ModelState
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "plexserve"
+# Only extensions that work end to end are listed: clients such as perf_analyzer call them.
+EXTENSIONS = ["model_configuration"]
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, server_version: str) -> None:
+        self._dataplane = dataplane
+        self._repository = dataplane.repository
+        self._server_version = server_version
+
+    @grpc_errors
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._repository.ready())
+
+    @grpc_errors
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            self._repository.resolve(request.name, request.version)
+        except ModelNotReady:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @grpc_errors
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=self._server_version, extensions=EXTENSIONS
+        )
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        model = self._repository.resolve(request.name, request.version)
+        versions = [
+            str(mv.version)
+            for mv in self._repository.versions(request.name)
+            if mv.state is ModelState.AVAILABLE
+        ]
+        return codec.model_metadata(model.name, versions, model.signature)
+
+    @grpc_errors
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        model = self._repository.resolve(request.name, request.version)
+        return codec.model_config(model.name, model.signature, model.max_batch_size)
+
+    @grpc_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        if request.repository_name:
+            raise ModelNotFound(
+                f"unknown repository '{request.repository_name}'; "
+                "plexserve serves one repository: leave repository_name empty"
+            )
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=mv.name, version=str(mv.version), state=mv.state.value, reason=mv.reason
+                )
+                for mv in self._repository.all_versions()
+                if not request.ready or mv.state is ModelState.AVAILABLE
+            ]
+        )
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        inputs, requested = codec.decode_infer_request(request)
+        result = await self._dataplane.infer(
+            request.model_name, request.model_version, inputs, requested
+        )
+        return codec.encode_infer_response(
+            result.model.name,
+            str(result.model.version),
+            request.id,
+            result.outputs,
+            result.model.signature,
+        )
+
+    @grpc_errors
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests of one stream run concurrently (so they can share a batch); each response is
+        written when ready, so order may differ from the requests': clients match on `id`. A failed
+        request answers with `error_message` and the stream goes on, as in Triton."""
+        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                response = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except Exception as error:  # noqa: BLE001 - reported in-stream, the stream goes on
+                _, message = status_of(error, "ModelStreamInfer")
+                response = pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name,
+                        model_version=request.model_version,
+                        id=request.id,
+                    ),
+                )
+            await responses.put(response)
+
+        async def read() -> None:
+            tasks: set[asyncio.Task[None]] = set()
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await responses.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader  # re-raises a failure of the request stream itself
+        finally:
+            reader.cancel()

@@ -1,0 +1,172 @@
+"""ModelRepository: the model versions found in a repository folder, their states, and lookup.
+
+Layout (TF Serving's): ROOT/NAME/VERSION/saved_model.pb with integer VERSION folders; anything
+else (a build's temporary folder, stray files) is ignored. Every model lookup of every front end
+goes through `resolve`. Loading and warm-up run on worker threads, off the event loop; the
+repository object itself is used from the event loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.errors import InvalidInput, ModelNotFound, ModelNotReady
+from service.runner import SignatureRunner
+from service.signature import Signature, Tensors
+
+log = logging.getLogger(__name__)
+
+# What ModelConfig reports as max_batch_size until per-model batching settings exist.
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+class ModelState(enum.Enum):
+    LOADING = "LOADING"
+    WARMING = "WARMING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+    FAILED = "FAILED"
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    name: str
+    version: int
+    path: Path
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    runner: SignatureRunner | None = None
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+
+    @property
+    def signature(self) -> Signature:
+        if self.runner is None:
+            raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state.value}")
+        return self.runner.signature
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        if self.runner is None:
+            raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state.value}")
+        return await self.runner.run(inputs)
+
+
+def check_model_name(name: str) -> str:
+    """A model name is one folder name: no separators, no '..', printable. Returns it."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or not name.isprintable()
+    ):
+        raise InvalidInput(
+            f"invalid model name {name!r}: a model name is one printable folder "
+            "name, not empty, without '/', '\\' or a leading '.'"
+        )
+    return name
+
+
+def scan(root: Path) -> dict[str, list[int]]:
+    """Model names -> sorted integer versions that hold a SavedModel."""
+    found: dict[str, list[int]] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = []
+        for entry in model_dir.iterdir():
+            if entry.is_dir() and entry.name.isdigit() and (entry / "saved_model.pb").is_file():
+                versions.append(int(entry.name))
+            else:
+                log.debug("ignoring %s: not an integer version folder with a SavedModel", entry)
+        if versions:
+            found[model_dir.name] = sorted(versions)
+    return found
+
+
+@dataclass
+class ModelRepository:
+    root: Path
+    load_runner: Callable[[Path], SignatureRunner] = SignatureRunner.load
+    _models: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._models))
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        return [self._models[name][v] for v in sorted(self._models.get(name, {}))]
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [mv for name in self for mv in self.versions(name)]
+
+    def model_ready(self, name: str) -> bool:
+        return any(mv.state is ModelState.AVAILABLE for mv in self.versions(name))
+
+    def ready(self) -> bool:
+        """Every model has an AVAILABLE version."""
+        return bool(self._models) and all(self.model_ready(name) for name in self)
+
+    async def load_all(self) -> None:
+        """Load and warm the newest version of every model found; a failure stays with its model."""
+        for name, versions in scan(self.root).items():
+            mv = ModelVersion(name, versions[-1], self.root / name / str(versions[-1]))
+            self._models.setdefault(name, {})[mv.version] = mv
+            await self._load(mv)
+
+    async def _load(self, mv: ModelVersion) -> None:
+        started = time.monotonic()
+        try:
+            runner = await asyncio.to_thread(self.load_runner, mv.path)
+            mv.state = ModelState.WARMING
+            await asyncio.to_thread(runner.warm_up)
+        except Exception as error:  # any load failure marks this version FAILED, nothing else
+            mv.state, mv.reason = ModelState.FAILED, f"{type(error).__name__}: {error}"
+            log.error("model %s version %d FAILED: %s", mv.name, mv.version, mv.reason)
+            return
+        mv.runner, mv.state = runner, ModelState.AVAILABLE
+        log.info(
+            "model %s version %d AVAILABLE in %.2f s",
+            mv.name,
+            mv.version,
+            time.monotonic() - started,
+        )
+
+    def resolve(self, name: str, version: str = "") -> ModelVersion:
+        """The version that serves (name, version); "" = the newest AVAILABLE version."""
+        versions = self._models.get(name)
+        if not versions:
+            raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
+        if not version:
+            available = [mv for mv in self.versions(name) if mv.state is ModelState.AVAILABLE]
+            if not available:
+                states = ", ".join(
+                    f"{mv.version} {mv.state.value}" + (f" ({mv.reason})" if mv.reason else "")
+                    for mv in self.versions(name)
+                )
+                raise ModelNotReady(f"model '{name}' has no available version: {states}")
+            return available[-1]
+        mv = versions.get(int(version)) if version.isdigit() else None
+        if mv is None:
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}'; versions: {sorted(versions)}"
+            )
+        if mv.state is not ModelState.AVAILABLE:
+            raise ModelNotReady(
+                f"model '{name}' version {mv.version} is {mv.state.value}"
+                + (f": {mv.reason}" if mv.reason else "")
+            )
+        return mv
+
+    def close(self) -> None:
+        for mv in self.all_versions():
+            if mv.runner is not None:
+                mv.runner.close()
+                mv.runner = None
+            mv.state = ModelState.END

@@ -1,0 +1,135 @@
+"""SignatureRunner: calls one SavedModel's serving function.
+
+Owned by a ModelVersion (service/repository.py). `load` is blocking (reads the SavedModel) and is
+called off the event loop. `run` is the call every caller uses (`await run(inputs) -> outputs`,
+the same call a DynamicBatcher offers); it executes TensorFlow on the runner's own executor
+thread, never on the event loop. `call` is the blocking form, for warm-up and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from service.errors import InvalidInput, UnsupportedModel
+from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
+
+log = logging.getLogger(__name__)
+
+SERVING_SIGNATURE = "serving_default"
+_SUPPORTED = set(OIP_DATATYPES.values())
+
+
+def configure_tensorflow(intra_op_threads: int = 0, inter_op_threads: int = 0) -> list[str]:
+    """Process-wide TensorFlow set-up; call once, before the first model loads.
+
+    On a GPU, memory growth is turned on so that TensorFlow does not reserve all device memory at
+    the first call (several model versions share the device during a swap). Thread counts of 0
+    keep TensorFlow's defaults. Returns the GPUs found (placement is TensorFlow's own: ops go to
+    the first GPU when there is one).
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialized: the setting is fixed for this process
+            log.warning("could not enable memory growth on %s: TensorFlow already initialized", gpu)
+    if intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+    if inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    return [gpu.name for gpu in gpus]
+
+
+def _spec(name: str, tensor: Any, path: Path) -> TensorSpec:
+    dtype = np.dtype(tensor.dtype.as_numpy_dtype) if tensor.dtype != tf.string else np.dtype(object)
+    if dtype not in _SUPPORTED:
+        raise UnsupportedModel(
+            f"{path}: tensor '{name}' has dtype {tensor.dtype.name}, "
+            f"which the Open Inference Protocol cannot carry"
+        )
+    if tensor.shape.rank is None:
+        raise UnsupportedModel(f"{path}: tensor '{name}' has unknown rank")
+    return TensorSpec(name, dtype, tuple(tensor.shape.as_list()))
+
+
+def signature_of(function: Any, path: Path) -> Signature:
+    """The Signature of a loaded concrete function (keyword inputs, dict outputs)."""
+    args, kwargs = function.structured_input_signature
+    if args:
+        raise UnsupportedModel(f"{path}: signature takes positional inputs; expected named ones")
+    outputs = function.structured_outputs
+    if not isinstance(outputs, dict):
+        raise UnsupportedModel(
+            f"{path}: signature returns {type(outputs).__name__}, expected a dict"
+        )
+    # Sorted by name: TensorFlow's order is not stable across loads, metadata should be.
+    return Signature(
+        inputs={name: _spec(name, kwargs[name], path) for name in sorted(kwargs)},
+        outputs={name: _spec(name, outputs[name], path) for name in sorted(outputs)},
+    )
+
+
+class SignatureRunner:
+    def __init__(
+        self,
+        path: Path,
+        function: Callable[..., dict[str, Any]],
+        signature: Signature,
+        keep_alive: Any = None,
+    ) -> None:
+        self.path = path
+        self.signature = signature
+        self._function = function
+        self._keep_alive = keep_alive  # the loaded SavedModel object owns the function's variables
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tf-{path.name}")
+
+    @classmethod
+    def load(cls, path: Path, signature_name: str = SERVING_SIGNATURE) -> SignatureRunner:
+        """Load a SavedModel (blocking). Raises UnsupportedModel when it cannot be served."""
+        loaded = tf.saved_model.load(str(path))
+        if signature_name not in loaded.signatures:
+            raise UnsupportedModel(
+                f"{path}: no signature '{signature_name}'; "
+                f"it has {sorted(loaded.signatures.keys())}"
+            )
+        function = loaded.signatures[signature_name]
+        return cls(path, function, signature_of(function, path), keep_alive=loaded)
+
+    def call(self, inputs: Tensors) -> Tensors:
+        """Run the signature on this thread (blocking)."""
+        try:
+            results = self._function(**{name: tf.constant(value) for name, value in inputs.items()})
+        except tf.errors.InvalidArgumentError as error:
+            # e.g. an embedding id out of range: the request's values, not the server, are wrong
+            first_line = error.message.strip().splitlines()[0]
+            raise InvalidInput(f"the model rejected the input values: {first_line}") from None
+        return {name: tensor.numpy() for name, tensor in results.items()}
+
+    async def run(self, inputs: Tensors) -> Tensors:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.call, inputs)
+
+    def warm_up(self, rows: int = 1) -> None:
+        """Call the serving function once at `rows` rows (blocking): TensorFlow's first call at a
+        new batch size costs tens of milliseconds, which no request should pay."""
+        inputs = {}
+        for name, spec in self.signature.inputs.items():
+            dims = (rows, *(1 if d is None else d for d in spec.shape[1:]))
+            inputs[name] = (
+                np.full(dims, b"", dtype=object)
+                if spec.dtype == object
+                else np.zeros(dims, spec.dtype)
+            )
+        self._executor.submit(self.call, inputs).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._function = None  # type: ignore[assignment]
+        self._keep_alive = None

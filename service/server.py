@@ -1,0 +1,124 @@
+"""The composition root: builds the repository, data plane and gRPC front ends, and owns
+start-up, signals and shutdown. Nothing else constructs the world.
+
+`Server` is created and used inside a running event loop (grpc.aio). Tests run it in-process on
+port 0; `serve` is what `plexserve serve` runs until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.dataplane import DataPlane
+from service.grpc.oip import InferenceServicer
+from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
+from service.repository import ModelRepository
+from service.runner import configure_tensorflow
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    repository: Path
+    host: str = "0.0.0.0"
+    grpc_port: int = 8500
+    max_message_bytes: int = 64 * 1024 * 1024
+    grace_period: float = 25.0
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+
+def server_version() -> str:
+    try:
+        return metadata.version("plexserve")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Server:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.repository = ModelRepository(settings.repository)
+        self.dataplane = DataPlane(self.repository)
+        self._health = health.aio.HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self.grpc_port = 0
+
+    async def start(self) -> None:
+        """Listen first (health answers NOT_SERVING while models load), then load every model."""
+        configure_tensorflow(self.settings.intra_op_threads, self.settings.inter_op_threads)
+        limit = self.settings.max_message_bytes
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane, server_version()), self._grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            [
+                grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self._grpc,
+        )
+        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        self.grpc_port = self._grpc.add_insecure_port(address)
+        await self._grpc.start()
+        await self._health.set("", NOT_SERVING)
+        log.info("gRPC listening on %s:%d", self.settings.host, self.grpc_port)
+        await self.repository.load_all()
+        await self._publish_health()
+
+    async def _publish_health(self) -> None:
+        await self._health.set("", SERVING if self.repository.ready() else NOT_SERVING)
+        for name in self.repository:
+            await self._health.set(
+                name, SERVING if self.repository.model_ready(name) else NOT_SERVING
+            )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health goes NOT_SERVING at once; running requests get `grace` seconds to finish."""
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.grace_period if grace is None else grace)
+        self.repository.close()
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once."""
+    server = Server(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            raise SystemExit(1)
+        log.info(
+            "%s: shutting down (grace %.0f s)", signal.Signals(signum).name, settings.grace_period
+        )
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await server.start()
+    await stopping.wait()
+    await server.stop()

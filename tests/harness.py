@@ -1,0 +1,118 @@
+"""Test harness: a real plexserve Server in this process, on port 0, on its own event loop thread,
+and a minimal OIP client encoding written independently of the server's codec."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from service.proto import grpc_service_pb2 as pb
+from service.proto import grpc_service_pb2_grpc as pb_grpc
+from service.server import Server, ServerSettings
+
+T = TypeVar("T")
+
+DATATYPES = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.uint16): "UINT16",
+    np.dtype(np.uint32): "UINT32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+}
+NUMPY_OF = {v: k for k, v in DATATYPES.items()}
+
+
+class RunningServer:
+    """Server.start() on a private loop thread; `stub` talks to it over a real channel."""
+
+    def __init__(self, repository: Path, **settings: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server: Server = self.run(
+            self._create(ServerSettings(repository, host="127.0.0.1", grpc_port=0, **settings))
+        )
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}")
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    @staticmethod
+    async def _create(settings: ServerSettings) -> Server:
+        server = Server(settings)
+        await server.start()
+        return server
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.grpc_port}"
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 300) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.run(self.server.stop(grace=0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def datatype(array: np.ndarray) -> str:
+    return "BYTES" if array.dtype.kind in "OSU" else DATATYPES[array.dtype]
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    if datatype(array) == "BYTES":
+        return b"".join(struct.pack("<I", len(e)) + e for e in array.ravel().tolist())
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def infer_request(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    version: str = "",
+    outputs: tuple[str, ...] = (),
+    request_id: str = "",
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest with every input in raw_input_contents."""
+    return pb.ModelInferRequest(
+        model_name=model,
+        model_version=version,
+        id=request_id,
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name=n, datatype=datatype(a), shape=a.shape)
+            for n, a in inputs.items()
+        ],
+        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in outputs],
+        raw_input_contents=[raw_bytes(a) for a in inputs.values()],
+    )
+
+
+def output_arrays(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    arrays = {}
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        if tensor.datatype == "BYTES":
+            elements, offset = [], 0
+            while offset < len(raw):
+                (length,) = struct.unpack_from("<I", raw, offset)
+                elements.append(raw[offset + 4 : offset + 4 + length])
+                offset += 4 + length
+            arrays[tensor.name] = np.array(elements, dtype=object).reshape(tuple(tensor.shape))
+        else:
+            arrays[tensor.name] = np.frombuffer(raw, NUMPY_OF[tensor.datatype]).reshape(
+                tuple(tensor.shape)
+            )
+    return arrays

@@ -1,0 +1,80 @@
+"""Repository loading: the newest version serves, and a broken model fails alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import keras
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.export import export_model
+from service.proto import grpc_service_pb2 as pb
+from tests.harness import RunningServer, infer_request, output_arrays
+
+
+def constant_model(value: float) -> keras.Model:
+    """y = x * 0 + value: tells which version answered."""
+    x = keras.Input((2,), name="x")
+    y = keras.layers.Dense(
+        1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(value)
+    )(x)
+    return keras.Model({"x": x}, {"y": y})
+
+
+@pytest.fixture(scope="module")
+def mixed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root: Path = tmp_path_factory.mktemp("mixed")
+    export_model(constant_model(1.0), root, "versioned")
+    export_model(constant_model(2.0), root, "versioned")
+    broken = root / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    running = RunningServer(root)
+    yield running
+    running.close()
+
+
+def test_the_newest_version_serves(mixed_server: RunningServer) -> None:
+    response = mixed_server.stub.ModelInfer(
+        infer_request("versioned", {"x": np.ones((1, 2), np.float32)})
+    )
+    assert response.model_version == "2"
+    assert output_arrays(response)["y"].tolist() == [[2.0]]
+    with pytest.raises(grpc.RpcError) as caught:
+        mixed_server.stub.ModelInfer(
+            infer_request("versioned", {"x": np.ones((1, 2), np.float32)}, version="1")
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "versions: [2]" in caught.value.details()
+
+
+def test_a_broken_model_fails_alone_with_its_reason(mixed_server: RunningServer) -> None:
+    index = {
+        (m.name, m.version): m
+        for m in mixed_server.stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    }
+    assert index["versioned", "2"].state == "AVAILABLE"
+    assert index["broken", "1"].state == "FAILED"
+    assert index["broken", "1"].reason  # says why
+
+    with pytest.raises(grpc.RpcError) as caught:
+        mixed_server.stub.ModelInfer(infer_request("broken", {"x": np.ones((1, 2), np.float32)}))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "'broken' has no available version: 1 FAILED" in caught.value.details()
+
+    assert not mixed_server.stub.ModelReady(pb.ModelReadyRequest(name="broken")).ready
+    assert mixed_server.stub.ModelReady(pb.ModelReadyRequest(name="versioned")).ready
+    assert not mixed_server.stub.ServerReady(pb.ServerReadyRequest()).ready  # not every model is
+    health = health_pb2_grpc.HealthStub(mixed_server.channel)
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="broken")).status
+        == health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="versioned")).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
