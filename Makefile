@@ -27,7 +27,7 @@ demo-models: $(STAMP)
 serve: demo-models
 	$(BIN)/plexserve serve --repo $(REPO) --grpc-port $(GRPC_PORT)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Regenerates service/proto/ from protos/*.proto (the test suite fails when they differ).
@@ -35,7 +35,8 @@ protos: $(STAMP)
 	$(BIN)/python protos/generate.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check service models tests protos bench
+	$(BIN)/ruff check service models tests protos
+	$(BIN)/ruff format --check service models tests protos
 	$(BIN)/mypy service models
 
 clean:

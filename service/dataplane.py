@@ -30,7 +30,7 @@ class DataPlane:
     ) -> InferResult:
         model = self.repository.resolve(name, version)
         signature = model.signature
-        rows = signature.validate(inputs)
+        rows = signature.validate(signature.conform(inputs))
         names = signature.select_outputs(requested)
         if rows == 0:  # TensorFlow is never called with 0 rows (conv models raise on it)
             return InferResult(model, {n: signature.outputs[n].empty(0) for n in names})

@@ -60,6 +60,15 @@ def _spec(name: str, tensor: Any, path: Path) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(tensor.shape.as_list()))
 
 
+def _reason(error: tf.errors.OpError) -> str:
+    """The line of a TensorFlow error that says what was wrong ("indices[0] = 1000 is not in
+    [0, 100)"), without the graph boilerplate around it."""
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
+    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(noise)]
+    return useful[0] if useful else lines[0]
+
+
 def signature_of(function: Any, path: Path) -> Signature:
     """The Signature of a loaded concrete function (keyword inputs, dict outputs)."""
     args, kwargs = function.structured_input_signature
@@ -109,8 +118,7 @@ class SignatureRunner:
             results = self._function(**{name: tf.constant(value) for name, value in inputs.items()})
         except tf.errors.InvalidArgumentError as error:
             # e.g. an embedding id out of range: the request's values, not the server, are wrong
-            first_line = error.message.strip().splitlines()[0]
-            raise InvalidInput(f"the model rejected the input values: {first_line}") from None
+            raise InvalidInput(f"the model rejected the input values: {_reason(error)}") from None
         return {name: tensor.numpy() for name, tensor in results.items()}
 
     async def run(self, inputs: Tensors) -> Tensors:

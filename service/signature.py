@@ -68,6 +68,20 @@ class Signature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
 
+    def conform(self, tensors: Tensors) -> Tensors:
+        """Accept [batch, 1] for an input that takes one scalar per row ([batch]): the shape
+        Triton-style clients send for such inputs (ModelConfig declares dims [1], reshape [])."""
+        for name, array in tensors.items():
+            spec = self.inputs.get(name)
+            if (
+                spec is not None
+                and len(spec.shape) == 1
+                and array.ndim == 2
+                and array.shape[1] == 1
+            ):
+                tensors[name] = array.reshape(array.shape[0])
+        return tensors
+
     def validate(self, tensors: Mapping[str, np.ndarray]) -> int:
         """Check names, dtypes and shapes; return the batch size (rows) shared by all inputs.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -205,9 +206,17 @@ def encode_infer_response(
     )
 
 
-def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+def _scalar_per_row(spec: TensorSpec) -> bool:
+    return len(spec.shape) == 1 and spec.shape[0] is None
+
+
+def _tensor_metadata(spec: TensorSpec, is_input: bool) -> pb.ModelMetadataResponse.TensorMetadata:
+    """An input of one scalar per row is published as [-1, 1], as Triton publishes its reshaped
+    inputs: clients (perf_analyzer among them) cannot build a request from an empty row shape.
+    Signature.conform accepts both [batch] and [batch, 1] for it."""
+    shape = [-1, 1] if is_input and _scalar_per_row(spec) else spec.shape
     return pb.ModelMetadataResponse.TensorMetadata(
-        name=spec.name, datatype=spec.datatype, shape=[-1 if d is None else d for d in spec.shape]
+        name=spec.name, datatype=spec.datatype, shape=[-1 if d is None else d for d in shape]
     )
 
 
@@ -218,8 +227,8 @@ def model_metadata(
         name=name,
         versions=list(versions),
         platform=PLATFORM,
-        inputs=[_tensor_metadata(spec) for spec in signature.inputs.values()],
-        outputs=[_tensor_metadata(spec) for spec in signature.outputs.values()],
+        inputs=[_tensor_metadata(spec, is_input=True) for spec in signature.inputs.values()],
+        outputs=[_tensor_metadata(spec, is_input=False) for spec in signature.outputs.values()],
     )
 
 
@@ -228,9 +237,14 @@ def _config_datatype(spec: TensorSpec) -> config_pb.DataType:
     return config_pb.DataType.Value(f"TYPE_{name}")
 
 
-def _dims(spec: TensorSpec, batched: bool) -> list[int]:
+def _dims(spec: TensorSpec, batched: bool) -> dict[str, Any]:
+    """`dims` (and `reshape`) of a tensor in Triton's ModelConfig. A batched tensor holding one
+    scalar per row is declared as Triton declares it, dims [1] with reshape [] (Triton refuses
+    empty dims, and so does perf_analyzer); requests may send it as [batch] or [batch, 1]."""
     dims = spec.shape[1:] if batched else spec.shape
-    return [-1 if d is None else d for d in dims]
+    if batched and _scalar_per_row(spec):
+        return {"dims": [1], "reshape": config_pb.ModelTensorReshape(shape=[])}
+    return {"dims": [-1 if d is None else d for d in dims]}
 
 
 def model_config(name: str, signature: Signature, max_batch_size: int) -> pb.ModelConfigResponse:
@@ -243,13 +257,13 @@ def model_config(name: str, signature: Signature, max_batch_size: int) -> pb.Mod
             max_batch_size=max_batch_size,
             input=[
                 config_pb.ModelInput(
-                    name=s.name, data_type=_config_datatype(s), dims=_dims(s, batched)
+                    name=s.name, data_type=_config_datatype(s), **_dims(s, batched)
                 )
                 for s in signature.inputs.values()
             ],
             output=[
                 config_pb.ModelOutput(
-                    name=s.name, data_type=_config_datatype(s), dims=_dims(s, batched)
+                    name=s.name, data_type=_config_datatype(s), **_dims(s, batched)
                 )
                 for s in signature.outputs.values()
             ],

@@ -88,6 +88,16 @@ def test_bytes_input_in_typed_contents(
     )
 
 
+def test_a_scalar_per_row_input_may_come_as_batch_by_one(
+    server: RunningServer, demo_models: dict[str, DemoModel]
+) -> None:
+    model = demo_models["multi_input"]
+    inputs = model.sample(rows=3, seed=4)
+    as_column = {**inputs, "category": inputs["category"].reshape(3, 1)}
+    got = output_arrays(server.stub.ModelInfer(infer_request("multi_input", as_column)))
+    np.testing.assert_allclose(got["score"], model.predict(inputs)["score"], atol=ATOL)
+
+
 def test_requested_outputs_filter(server: RunningServer, demo_models: dict[str, DemoModel]) -> None:
     model = demo_models["multi_output"]
     inputs = model.sample(rows=2)
@@ -140,7 +150,7 @@ def test_metadata_and_config(server: RunningServer) -> None:
     )
     assert {(t.name, t.datatype, tuple(t.shape)) for t in metadata.inputs} == {
         ("numeric", "FP32", (-1, 4)),
-        ("category", "INT32", (-1,)),
+        ("category", "INT32", (-1, 1)),
     }
     assert [(t.name, t.datatype, tuple(t.shape)) for t in metadata.outputs] == [
         ("score", "FP32", (-1, 1))
@@ -152,7 +162,11 @@ def test_metadata_and_config(server: RunningServer) -> None:
         "tensorflow_savedmodel",
         64,
     )
-    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("text", 13, [])]
+    # one string per row: declared as Triton declares it, dims [1] reshaped to []
+    assert [
+        (i.name, i.data_type, list(i.dims), i.HasField("reshape"), list(i.reshape.shape))
+        for i in config.input
+    ] == [("text", 13, [1], True, [])]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
         ("probabilities", 11, [2])
     ]
@@ -427,7 +441,8 @@ def test_out_of_range_embedding_id_is_invalid_argument(server: RunningServer) ->
         ),
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    assert "rejected the input values" in error.details()
+    expected = "the model rejected the input values: indices[0] = 10000 is not in [0, 10)"
+    assert error.details() == expected
 
 
 def test_message_larger_than_the_limit_is_resource_exhausted(server: RunningServer) -> None:
