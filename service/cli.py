@@ -68,13 +68,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.server import ServerSettings, serve
+    from service.settings import ServerConfig
 
     _registry(args.builders_module)
+    batching = {
+        key: value
+        for key, value in [
+            ("enabled", None if args.batching is None else args.batching == "on"),
+            ("max_batch_size", args.max_batch_size),
+            ("max_queue_delay_us", args.max_queue_delay_us),
+            ("max_queue_size", args.max_queue_size),
+            ("instances", args.instances),
+        ]
+        if value is not None
+    }
     settings = ServerSettings(
         repository=args.repo,
+        config=ServerConfig.load(args.config),
+        model_flags={"batching": batching} if batching else {},
         host=args.host,
         grpc_port=args.grpc_port,
         grace_period=args.grace_period,
+        intra_op_threads=args.tf_intra_op_threads,
+        inter_op_threads=args.tf_inter_op_threads,
     )
     asyncio.run(serve(settings))
     return 0
@@ -144,6 +160,23 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--model-control", choices=["none"], default="none", help="none: load every model at start"
     )
+    sub.add_argument("--config", type=Path, help="server config (YAML): model_defaults, models")
+    group = sub.add_argument_group("batching (every model; overrides config.yaml and --config)")
+    group.add_argument("--batching", choices=["on", "off"])
+    group.add_argument("--max-batch-size", type=int, metavar="ROWS")
+    group.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        metavar="US",
+        help="optional wait for fuller batches (default 0: dispatch at once)",
+    )
+    group.add_argument(
+        "--max-queue-size", type=int, metavar="ROWS", help="rows queued before 'queue full'"
+    )
+    group.add_argument("--instances", type=int, help="concurrent executions per model version")
+    group = sub.add_argument_group("TensorFlow")
+    group.add_argument("--tf-intra-op-threads", type=int, default=0, help="0: TensorFlow's default")
+    group.add_argument("--tf-inter-op-threads", type=int, default=0, help="0: TensorFlow's default")
     sub.set_defaults(run=cmd_serve)
     return top
 
@@ -156,10 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.registry import BuilderError
     from service.errors import ServingError
     from service.export import ExportError
+    from service.settings import SettingsError
 
     try:
         return int(args.run(args))
-    except (BuilderError, ExportError, ServingError) as error:
+    except (BuilderError, ExportError, ServingError, SettingsError) as error:
         print(f"plexserve {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -13,17 +13,28 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from service.batching import DynamicBatcher
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady
 from service.runner import SignatureRunner
+from service.settings import BatchingSettings, ModelSettings, ServerConfig
 from service.signature import Signature, Tensors
+from service.stats import ExecutionStats
 
 log = logging.getLogger(__name__)
 
-# What ModelConfig reports as max_batch_size until per-model batching settings exist.
-DEFAULT_MAX_BATCH_SIZE = 64
+RunnerLoader = Callable[[Path, int], SignatureRunner]
+
+
+def load_runner(path: Path, threads: int) -> SignatureRunner:
+    return SignatureRunner.load(path, threads=threads)
+
+
+def batchable(signature: Signature) -> bool:
+    """A model whose inputs fix dimension 0 cannot take merged batches."""
+    return all(spec.shape and spec.shape[0] is None for spec in signature.inputs.values())
 
 
 class ModelState(enum.Enum):
@@ -42,8 +53,10 @@ class ModelVersion:
     path: Path
     state: ModelState = ModelState.LOADING
     reason: str = ""
+    settings: ModelSettings = field(default_factory=ModelSettings)
     runner: SignatureRunner | None = None
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batcher: DynamicBatcher | None = None  # absent when batching is off
+    stats: ExecutionStats = field(default_factory=ExecutionStats)
 
     @property
     def signature(self) -> Signature:
@@ -51,10 +64,15 @@ class ModelVersion:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state.value}")
         return self.runner.signature
 
-    async def run(self, inputs: Tensors) -> Tensors:
-        if self.runner is None:
+    @property
+    def max_batch_size(self) -> int:
+        return self.settings.batching.max_batch_size
+
+    async def run(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+        executor = self.batcher or self.runner
+        if executor is None:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state.value}")
-        return await self.runner.run(inputs)
+        return await executor.run(inputs, deadline)
 
 
 def check_model_name(name: str) -> str:
@@ -94,7 +112,9 @@ def scan(root: Path) -> dict[str, list[int]]:
 @dataclass
 class ModelRepository:
     root: Path
-    load_runner: Callable[[Path], SignatureRunner] = SignatureRunner.load
+    config: ServerConfig = field(default_factory=ServerConfig)
+    flags: dict[str, object] = field(default_factory=dict)  # command-line model settings
+    load_runner: RunnerLoader = load_runner
     _models: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[str]:
@@ -120,22 +140,46 @@ class ModelRepository:
             self._models.setdefault(name, {})[mv.version] = mv
             await self._load(mv)
 
+    def _prepare(self, mv: ModelVersion) -> SignatureRunner:
+        """Blocking part of a load (a worker thread): settings, then the SavedModel."""
+        mv.settings = self.config.model_settings(
+            mv.name, mv.path.parent, BatchingSettings(), self.flags
+        )
+        runner = self.load_runner(mv.path, mv.settings.batching.instances)
+        if mv.settings.batching.enabled and not batchable(runner.signature):
+            log.info("model %s: inputs fix dimension 0, batching off", mv.name)
+            off = replace(mv.settings.batching, enabled=False)
+            mv.settings = replace(mv.settings, batching=off)
+        return runner
+
+    @staticmethod
+    def _warm_up(mv: ModelVersion, runner: SignatureRunner) -> None:
+        if mv.settings.warmup:
+            for rows in mv.settings.batching.warmup_sizes():
+                runner.warm_up(rows)
+
     async def _load(self, mv: ModelVersion) -> None:
         started = time.monotonic()
         try:
-            runner = await asyncio.to_thread(self.load_runner, mv.path)
+            runner = await asyncio.to_thread(self._prepare, mv)
             mv.state = ModelState.WARMING
-            await asyncio.to_thread(runner.warm_up)
+            await asyncio.to_thread(self._warm_up, mv, runner)
         except Exception as error:  # any load failure marks this version FAILED, nothing else
             mv.state, mv.reason = ModelState.FAILED, f"{type(error).__name__}: {error}"
             log.error("model %s version %d FAILED: %s", mv.name, mv.version, mv.reason)
             return
+        batching = mv.settings.batching
+        if batching.enabled:
+            mv.batcher = DynamicBatcher(runner, batching, name=mv.name, observer=mv.stats)
+        else:
+            runner.observer = mv.stats
         mv.runner, mv.state = runner, ModelState.AVAILABLE
         log.info(
-            "model %s version %d AVAILABLE in %.2f s",
+            "model %s version %d AVAILABLE in %.2f s (batching %s)",
             mv.name,
             mv.version,
             time.monotonic() - started,
+            f"up to {batching.max_batch_size} rows" if batching.enabled else "off",
         )
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
@@ -168,5 +212,5 @@ class ModelRepository:
         for mv in self.all_versions():
             if mv.runner is not None:
                 mv.runner.close()
-                mv.runner = None
+                mv.runner, mv.batcher = None, None
             mv.state = ModelState.END

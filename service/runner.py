@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.errors import InvalidInput, UnsupportedModel
+from service.errors import InvalidInput, QueueDeadlineExceeded, UnsupportedModel
 from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
+from service.stats import ExecutionObserver
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +95,21 @@ class SignatureRunner:
         function: Callable[..., dict[str, Any]],
         signature: Signature,
         keep_alive: Any = None,
+        threads: int = 1,
     ) -> None:
         self.path = path
         self.signature = signature
         self._function = function
         self._keep_alive = keep_alive  # the loaded SavedModel object owns the function's variables
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tf-{path.name}")
+        # `threads` concurrent executions (batching.instances); TensorFlow parallelizes inside one
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tf-run")
+        # Set when nothing else (no DynamicBatcher) observes this runner's executions.
+        self.observer: ExecutionObserver | None = None
 
     @classmethod
-    def load(cls, path: Path, signature_name: str = SERVING_SIGNATURE) -> SignatureRunner:
+    def load(
+        cls, path: Path, signature_name: str = SERVING_SIGNATURE, threads: int = 1
+    ) -> SignatureRunner:
         """Load a SavedModel (blocking). Raises UnsupportedModel when it cannot be served."""
         loaded = tf.saved_model.load(str(path))
         if signature_name not in loaded.signatures:
@@ -110,7 +118,7 @@ class SignatureRunner:
                 f"it has {sorted(loaded.signatures.keys())}"
             )
         function = loaded.signatures[signature_name]
-        return cls(path, function, signature_of(function, path), keep_alive=loaded)
+        return cls(path, function, signature_of(function, path), keep_alive=loaded, threads=threads)
 
     def call(self, inputs: Tensors) -> Tensors:
         """Run the signature on this thread (blocking)."""
@@ -121,8 +129,30 @@ class SignatureRunner:
             raise InvalidInput(f"the model rejected the input values: {_reason(error)}") from None
         return {name: tensor.numpy() for name, tensor in results.items()}
 
-    async def run(self, inputs: Tensors) -> Tensors:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.call, inputs)
+    async def run(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+        """Run on an executor thread. A request whose deadline passed while it waited for a
+        thread is not computed."""
+        if self.observer is None and deadline is None:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.call, inputs
+            )
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._call_observed, inputs, deadline, time.monotonic()
+        )
+
+    def _call_observed(self, inputs: Tensors, deadline: float | None, submitted: float) -> Tensors:
+        started = time.monotonic()
+        if deadline is not None and started >= deadline:
+            raise QueueDeadlineExceeded(
+                f"{self.path}: the request's deadline passed after "
+                f"{(started - submitted) * 1000:.1f} ms waiting to run; it was not computed"
+            )
+        outputs = self.call(inputs)
+        if self.observer is not None:
+            rows = next(iter(inputs.values())).shape[0]
+            self.observer.observe_queue(started - submitted)
+            self.observer.observe_execution(rows, 0, time.monotonic() - started)
+        return outputs
 
     def warm_up(self, rows: int = 1) -> None:
         """Call the serving function once at `rows` rows (blocking): TensorFlow's first call at a

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +25,7 @@ from service.grpc.oip import InferenceServicer
 from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from service.repository import ModelRepository
 from service.runner import configure_tensorflow
+from service.settings import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 @dataclass(frozen=True)
 class ServerSettings:
     repository: Path
+    config: ServerConfig = field(default_factory=ServerConfig)
+    model_flags: Mapping[str, Any] = field(default_factory=dict)  # settings for every model
     host: str = "0.0.0.0"
     grpc_port: int = 8500
     max_message_bytes: int = 64 * 1024 * 1024
@@ -51,7 +56,9 @@ def server_version() -> str:
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.repository = ModelRepository(settings.repository)
+        self.repository = ModelRepository(
+            settings.repository, settings.config, dict(settings.model_flags)
+        )
         self.dataplane = DataPlane(self.repository)
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None

@@ -19,6 +19,7 @@ import numpy as np
 from service.errors import InvalidInput
 from service.proto import grpc_service_pb2 as pb
 from service.proto import model_config_pb2 as config_pb
+from service.settings import BatchingSettings
 from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec, format_shape
 
 PLATFORM = "tensorflow_savedmodel"
@@ -247,25 +248,34 @@ def _dims(spec: TensorSpec, batched: bool) -> dict[str, Any]:
     return {"dims": [-1 if d is None else d for d in dims]}
 
 
-def model_config(name: str, signature: Signature, max_batch_size: int) -> pb.ModelConfigResponse:
-    """Triton's view of the model; with max_batch_size > 0 dims leave out the batch dimension."""
-    batched = max_batch_size > 0
-    return pb.ModelConfigResponse(
-        config=config_pb.ModelConfig(
-            name=name,
-            platform=PLATFORM,
-            max_batch_size=max_batch_size,
-            input=[
-                config_pb.ModelInput(
-                    name=s.name, data_type=_config_datatype(s), **_dims(s, batched)
-                )
-                for s in signature.inputs.values()
-            ],
-            output=[
-                config_pb.ModelOutput(
-                    name=s.name, data_type=_config_datatype(s), **_dims(s, batched)
-                )
-                for s in signature.outputs.values()
-            ],
-        )
+def model_config(
+    name: str, signature: Signature, batching: BatchingSettings
+) -> pb.ModelConfigResponse:
+    """Triton's view of the model: max_batch_size, tensors (without the batch dimension when
+    max_batch_size > 0) and, when batching is on, the dynamic batcher's settings."""
+    batched = batching.max_batch_size > 0
+    config = config_pb.ModelConfig(
+        name=name,
+        platform=PLATFORM,
+        max_batch_size=batching.max_batch_size,
+        input=[
+            config_pb.ModelInput(name=s.name, data_type=_config_datatype(s), **_dims(s, batched))
+            for s in signature.inputs.values()
+        ],
+        output=[
+            config_pb.ModelOutput(name=s.name, data_type=_config_datatype(s), **_dims(s, batched))
+            for s in signature.outputs.values()
+        ],
+        instance_group=[config_pb.ModelInstanceGroup(count=batching.instances)],
     )
+    if batching.enabled:
+        config.dynamic_batching.CopyFrom(
+            config_pb.ModelDynamicBatching(
+                preferred_batch_size=batching.allowed_batch_sizes,
+                max_queue_delay_microseconds=batching.max_queue_delay_us,
+                default_queue_policy=config_pb.ModelQueuePolicy(
+                    max_queue_size=batching.queue_limit
+                ),
+            )
+        )
+    return pb.ModelConfigResponse(config=config)

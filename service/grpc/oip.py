@@ -80,7 +80,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         model = self._repository.resolve(request.name, request.version)
-        return codec.model_config(model.name, model.signature, model.max_batch_size)
+        return codec.model_config(model.name, model.signature, model.settings.batching)
 
     @grpc_errors
     async def RepositoryIndex(
@@ -101,10 +101,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             ]
         )
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(
+        self, request: pb.ModelInferRequest, timeout: float | None = None
+    ) -> pb.ModelInferResponse:
         inputs, requested = codec.decode_infer_request(request)
         result = await self._dataplane.infer(
-            request.model_name, request.model_version, inputs, requested
+            request.model_name, request.model_version, inputs, requested, timeout
         )
         return codec.encode_infer_response(
             result.model.name,
@@ -118,7 +120,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        return await self._infer(request, context.time_remaining())
 
     async def ModelStreamInfer(
         self,

@@ -98,3 +98,13 @@ def test_builders_module_registers_a_third_party_builder(
     )
     assert "[-1, 2]" in capsys.readouterr().out
     assert (repo / "acme_linear" / "1" / "saved_model.pb").is_file()
+
+
+def test_serve_refuses_a_bad_server_config_naming_field_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("model_defaults:\n  batching: {max_queue_delay_us: soon}\n")
+    assert main(["serve", "--repo", str(tmp_path), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "server.yaml model_defaults: batching.max_queue_delay_us: 'soon'" in err

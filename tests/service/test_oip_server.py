@@ -160,8 +160,12 @@ def test_metadata_and_config(server: RunningServer) -> None:
     assert (config.name, config.platform, config.max_batch_size) == (
         "text_classifier",
         "tensorflow_savedmodel",
-        64,
+        32,
     )
+    batching = config.dynamic_batching
+    assert config.HasField("dynamic_batching") and batching.max_queue_delay_microseconds == 0
+    assert batching.default_queue_policy.max_queue_size == 32 * 32
+    assert [g.count for g in config.instance_group] == [1]
     # one string per row: declared as Triton declares it, dims [1] reshaped to []
     assert [
         (i.name, i.data_type, list(i.dims), i.HasField("reshape"), list(i.reshape.shape))
@@ -449,3 +453,29 @@ def test_message_larger_than_the_limit_is_resource_exhausted(server: RunningServ
     rows = 65 * 1024 * 1024 // (8 * 4) + 1
     error = call_error(server, infer_request("mlp", {"features": np.zeros((rows, 8), np.float32)}))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_concurrent_requests_each_get_their_own_numbers(
+    server: RunningServer, demo_models: dict[str, DemoModel]
+) -> None:
+    """32 clients at once on the batched multi_task model: whatever batches form, every request
+    gets exactly the rows the Keras model computes for its own inputs."""
+    model = demo_models["multi_task"]
+    samples = [model.sample(rows=1 + i % 3, seed=100 + i) for i in range(32)]
+    futures = [server.stub.ModelInfer.future(infer_request("multi_task", s)) for s in samples]
+    for sample, future in zip(samples, futures, strict=True):
+        got = output_arrays(future.result())
+        for output, values in model.predict(sample).items():
+            np.testing.assert_allclose(got[output], values, atol=ATOL, err_msg=output)
+    stats = server.server.repository.resolve("multi_task").stats
+    assert stats.rows >= sum(len(s["numeric"]) for s in samples)
+
+
+def test_a_request_larger_than_max_batch_size_gives_the_keras_numbers(
+    server: RunningServer, demo_models: dict[str, DemoModel]
+) -> None:
+    model = demo_models["multi_output"]
+    inputs = model.sample(rows=75, seed=9)  # max_batch_size 32: three executions
+    got = output_arrays(server.stub.ModelInfer(infer_request("multi_output", inputs)))
+    for output, values in model.predict(inputs).items():
+        np.testing.assert_allclose(got[output], values, atol=ATOL, err_msg=output)

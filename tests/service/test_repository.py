@@ -78,3 +78,47 @@ def test_a_broken_model_fails_alone_with_its_reason(mixed_server: RunningServer)
         health.Check(health_pb2.HealthCheckRequest(service="versioned")).status
         == health_pb2.HealthCheckResponse.SERVING
     )
+
+
+def test_a_model_with_a_bad_config_yaml_fails_alone_naming_file_and_field(tmp_path: Path) -> None:
+    export_model(constant_model(1.0), tmp_path, "good")
+    export_model(constant_model(1.0), tmp_path, "misconfigured")
+    (tmp_path / "misconfigured" / "config.yaml").write_text("batching: {max_batch_size: -1}\n")
+    running = RunningServer(tmp_path)
+    try:
+        index = {
+            m.name: m for m in running.stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+        }
+        assert index["good"].state == "AVAILABLE"
+        assert index["misconfigured"].state == "FAILED"
+        assert (
+            "misconfigured/config.yaml: batching.max_batch_size: -1"
+            in index["misconfigured"].reason
+        )
+    finally:
+        running.close()
+
+
+def test_config_yaml_batching_settings_reach_model_config(tmp_path: Path) -> None:
+    export_model(constant_model(1.0), tmp_path, "padded")
+    (tmp_path / "padded" / "config.yaml").write_text(
+        "batching: {allowed_batch_sizes: [1, 2, 4, 8], max_queue_delay_us: 250}\n"
+    )
+    export_model(constant_model(1.0), tmp_path, "unbatched")
+    (tmp_path / "unbatched" / "config.yaml").write_text("batching: {enabled: false}\n")
+    running = RunningServer(tmp_path)
+    try:
+        config = running.stub.ModelConfig(pb.ModelConfigRequest(name="padded")).config
+        assert config.max_batch_size == 8
+        assert list(config.dynamic_batching.preferred_batch_size) == [1, 2, 4, 8]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 250
+        unbatched = running.stub.ModelConfig(pb.ModelConfigRequest(name="unbatched")).config
+        assert not unbatched.HasField("dynamic_batching")
+        response = running.stub.ModelInfer(
+            infer_request("padded", {"x": np.ones((3, 2), np.float32)})
+        )
+        assert output_arrays(response)["y"].tolist() == [[1.0]] * 3  # padded to 4, trimmed to 3
+        stats = running.server.repository.resolve("padded").stats
+        assert (stats.executions, stats.rows, stats.padding_rows) == (1, 3, 1)
+    finally:
+        running.close()

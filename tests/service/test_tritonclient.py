@@ -45,7 +45,7 @@ def test_tritonclient_reads_metadata_and_gets_the_keras_numbers(
         (t["name"], t["datatype"], tuple(map(int, t["shape"])))
         for t in report["metadata"]["inputs"]
     } == {("numeric", "FP32", (-1, 4)), ("category", "INT32", (-1, 1))}
-    assert report["config"]["config"]["max_batch_size"] == 64
+    assert report["config"]["config"]["max_batch_size"] == 32
     assert report["versions"] == {name: "1" for name in MODELS}
     assert report["error"]["status"] == "StatusCode.NOT_FOUND"
     assert "unknown model 'no_such_model'" in report["error"]["message"]
