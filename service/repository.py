@@ -19,7 +19,7 @@ from pathlib import Path
 from service.batching import DynamicBatcher
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady
 from service.runner import SignatureRunner
-from service.settings import BatchingSettings, ModelSettings, ServerConfig
+from service.settings import BatchingSettings, ModelSettings, ServerConfig, SettingsError
 from service.signature import Signature, Tensors
 from service.stats import ExecutionStats
 
@@ -133,12 +133,24 @@ class ModelRepository:
         """Every model has an AVAILABLE version."""
         return bool(self._models) and all(self.model_ready(name) for name in self)
 
+    def wanted_versions(self, name: str, found: list[int]) -> list[int]:
+        """The versions the model's version policy selects among those found on disk. With
+        unreadable settings, the newest: its load then fails with the settings error."""
+        try:
+            settings = self.config.model_settings(
+                name, self.root / name, BatchingSettings(), self.flags
+            )
+        except SettingsError:
+            return found[-1:]
+        return settings.version_policy.select(found)
+
     async def load_all(self) -> None:
-        """Load and warm the newest version of every model found; a failure stays with its model."""
-        for name, versions in scan(self.root).items():
-            mv = ModelVersion(name, versions[-1], self.root / name / str(versions[-1]))
-            self._models.setdefault(name, {})[mv.version] = mv
-            await self._load(mv)
+        """Load and warm the versions each policy selects; failures stay with their model."""
+        for name, found in scan(self.root).items():
+            for version in self.wanted_versions(name, found):
+                mv = ModelVersion(name, version, self.root / name / str(version))
+                self._models.setdefault(name, {})[mv.version] = mv
+                await self._load(mv)
 
     def _prepare(self, mv: ModelVersion) -> SignatureRunner:
         """Blocking part of a load (a worker thread): settings, then the SavedModel."""
@@ -207,6 +219,19 @@ class ModelRepository:
                 + (f": {mv.reason}" if mv.reason else "")
             )
         return mv
+
+    def resolve_label(self, name: str, label: str) -> ModelVersion:
+        """The version a label (`version_labels` in the model's settings) points at."""
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
+        labels = versions[-1].settings.version_labels
+        if label not in labels:
+            raise ModelNotFound(
+                f"model '{name}' has no version label '{label}'; "
+                f"labels: {dict(sorted(labels.items()))}"
+            )
+        return self.resolve(name, str(labels[label]))
 
     def close(self) -> None:
         for mv in self.all_versions():

@@ -122,3 +122,20 @@ def test_config_yaml_batching_settings_reach_model_config(tmp_path: Path) -> Non
         assert (stats.executions, stats.rows, stats.padding_rows) == (1, 3, 1)
     finally:
         running.close()
+
+
+def test_version_labels_resolve_to_their_version(tmp_path: Path) -> None:
+    export_model(constant_model(1.0), tmp_path, "labelled")
+    export_model(constant_model(2.0), tmp_path, "labelled")
+    (tmp_path / "labelled" / "config.yaml").write_text(
+        "version_policy: all\nversion_labels: {stable: 1, canary: 2}\n"
+    )
+    running = RunningServer(tmp_path)
+    try:
+        repository = running.server.repository
+        assert repository.resolve_label("labelled", "stable").version == 1
+        assert repository.resolve_label("labelled", "canary").version == 2
+        with pytest.raises(Exception, match=r"no version label 'beta'; labels: \{'canary': 2"):
+            repository.resolve_label("labelled", "beta")
+    finally:
+        running.close()
