@@ -95,7 +95,8 @@ class DynamicBatcher:
         self, chunks: list[Tensors], rows: int, deadline: float | None, split: bool = False
     ) -> Tensors:
         limit = self.settings.queue_limit
-        if self._queued_rows + rows > limit:
+        # A request larger than the whole bound is still taken by an empty queue.
+        if self._queued_rows and self._queued_rows + rows > limit:
             raise QueueFull(
                 f"model '{self.name}' queue full: {self._queued_rows} rows queued, the request "
                 f"has {rows}, the limit is {limit} rows (batching.max_queue_size)"

@@ -91,6 +91,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         intra_op_threads=args.tf_intra_op_threads,
         inter_op_threads=args.tf_inter_op_threads,
+        model_control=args.model_control,
+        poll_interval=args.poll_interval,
+        load_models=tuple(args.load_model),
     )
     asyncio.run(serve(settings))
     return 0
@@ -158,7 +161,19 @@ def parser() -> argparse.ArgumentParser:
         help="seconds running requests get to finish after SIGTERM",
     )
     sub.add_argument(
-        "--model-control", choices=["none"], default="none", help="none: load every model at start"
+        "--model-control",
+        choices=["none", "poll", "explicit"],
+        default="none",
+        help="none: load every model at start; poll: also rescan every --poll-interval seconds "
+        "and reconcile; explicit: load and unload through RepositoryModelLoad/Unload",
+    )
+    sub.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
+    sub.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: load NAME at start (repeatable)",
     )
     sub.add_argument("--config", type=Path, help="server config (YAML): model_defaults, models")
     group = sub.add_argument_group("batching (every model; overrides config.yaml and --config)")

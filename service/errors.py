@@ -52,6 +52,16 @@ class ExecutionFailed(ServingError):
     code = grpc.StatusCode.INTERNAL
 
 
+class LoadFailed(ServingError):
+    """A load ended without an AVAILABLE version: the files cannot be served as they are."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ModelControlDisabled(ServingError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class UnsupportedModel(ServingError):
     """A SavedModel that plexserve cannot serve (refused at load)."""
 

@@ -1,9 +1,19 @@
-"""ModelRepository: the model versions found in a repository folder, their states, and lookup.
+"""ModelRepository: which model versions are loaded, their lifecycle states, and lookup.
 
 Layout (TF Serving's): ROOT/NAME/VERSION/saved_model.pb with integer VERSION folders; anything
-else (a build's temporary folder, stray files) is ignored. Every model lookup of every front end
-goes through `resolve`. Loading and warm-up run on worker threads, off the event loop; the
-repository object itself is used from the event loop only.
+else (a build's temporary folder, stray files) is ignored with a debug log line. Every model
+lookup of every front end goes through `resolve`.
+
+Lifecycle of a version: LOADING -> WARMING -> AVAILABLE -> UNLOADING -> END, or FAILED(reason).
+`reconcile(name)` brings one model to what its version policy wants among the versions on disk,
+availability first: new versions load and warm before superseded ones unload, and a version that
+fails to load leaves the versions already serving in place. An unloading version stops taking
+new requests at once ("latest" switches atomically: states change on the event loop) and closes
+only when the requests already running or queued on it have finished (ref-counted in `run`).
+
+Loads, warm-ups and closes run on worker threads, one load at a time, never on the event loop;
+the repository object itself is used from the event loop only. State changes are announced to
+listeners (health, metrics, logs) synchronously on the loop.
 """
 
 from __future__ import annotations
@@ -17,15 +27,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from service.batching import DynamicBatcher
-from service.errors import InvalidInput, ModelNotFound, ModelNotReady
+from service.errors import InvalidInput, LoadFailed, ModelNotFound, ModelNotReady
 from service.runner import SignatureRunner
-from service.settings import BatchingSettings, ModelSettings, ServerConfig, SettingsError
+from service.settings import (
+    BatchingSettings,
+    ModelSettings,
+    ServerConfig,
+    SettingsError,
+    VersionPolicy,
+)
 from service.signature import Signature, Tensors
 from service.stats import ExecutionStats
 
 log = logging.getLogger(__name__)
 
 RunnerLoader = Callable[[Path, int], SignatureRunner]
+Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def load_runner(path: Path, threads: int) -> SignatureRunner:
@@ -57,6 +74,10 @@ class ModelVersion:
     runner: SignatureRunner | None = None
     batcher: DynamicBatcher | None = None  # absent when batching is off
     stats: ExecutionStats = field(default_factory=ExecutionStats)
+    fingerprint: Fingerprint = ()
+    since: float = field(default_factory=time.monotonic)  # when the current state began
+    inflight: int = 0
+    _drained: asyncio.Event | None = None
 
     @property
     def signature(self) -> Signature:
@@ -72,7 +93,19 @@ class ModelVersion:
         executor = self.batcher or self.runner
         if executor is None:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state.value}")
-        return await executor.run(inputs, deadline)
+        self.inflight += 1
+        try:
+            return await executor.run(inputs, deadline)
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def drained(self) -> None:
+        """Return once no request runs or waits on this version."""
+        if self.inflight:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
 
 
 def check_model_name(name: str) -> str:
@@ -92,30 +125,69 @@ def check_model_name(name: str) -> str:
     return name
 
 
+def scan_model(model_dir: Path) -> list[int]:
+    """Sorted integer versions of one model folder that hold a SavedModel."""
+    versions = []
+    for entry in model_dir.iterdir() if model_dir.is_dir() else ():
+        if entry.is_dir() and entry.name.isdigit() and (entry / "saved_model.pb").is_file():
+            versions.append(int(entry.name))
+        elif entry.name != "config.yaml":
+            log.debug("ignoring %s: not an integer version folder with a SavedModel", entry)
+    return sorted(versions)
+
+
 def scan(root: Path) -> dict[str, list[int]]:
     """Model names -> sorted integer versions that hold a SavedModel."""
     found: dict[str, list[int]] = {}
     if not root.is_dir():
         return found
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = []
-        for entry in model_dir.iterdir():
-            if entry.is_dir() and entry.name.isdigit() and (entry / "saved_model.pb").is_file():
-                versions.append(int(entry.name))
-            else:
-                log.debug("ignoring %s: not an integer version folder with a SavedModel", entry)
+        versions = scan_model(model_dir)
         if versions:
-            found[model_dir.name] = sorted(versions)
+            found[model_dir.name] = versions
     return found
 
 
-@dataclass
+def fingerprint(version_dir: Path) -> Fingerprint:
+    """Names, sizes and mtimes of a version's files: unchanged between two polls = fully copied."""
+    try:
+        files = [(p, p.stat()) for p in version_dir.rglob("*") if p.is_file()]
+    except OSError:
+        return ()
+    return tuple(
+        sorted((str(p.relative_to(version_dir)), s.st_size, s.st_mtime_ns) for p, s in files)
+    )
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
 class ModelRepository:
-    root: Path
-    config: ServerConfig = field(default_factory=ServerConfig)
-    flags: dict[str, object] = field(default_factory=dict)  # command-line model settings
-    load_runner: RunnerLoader = load_runner
-    _models: dict[str, dict[int, ModelVersion]] = field(default_factory=dict)
+    def __init__(
+        self,
+        root: Path,
+        config: ServerConfig | None = None,
+        flags: dict[str, object] | None = None,
+        load_runner: RunnerLoader = load_runner,
+    ) -> None:
+        self.root = root
+        self.config = config or ServerConfig()
+        self.flags = flags or {}
+        self.load_runner = load_runner
+        self.listeners: list[Callable[[ModelVersion], None]] = []
+        # explicit model control: the models asked for; None = every model on disk
+        self.requested: set[str] | None = None
+        self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._load_slot: asyncio.Semaphore | None = None
+        self._seen: dict[tuple[str, int], Fingerprint] = {}  # poll mode: last fingerprint seen
+
+    # --- queries (event loop) ---
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._models))
@@ -129,74 +201,31 @@ class ModelRepository:
     def model_ready(self, name: str) -> bool:
         return any(mv.state is ModelState.AVAILABLE for mv in self.versions(name))
 
-    def ready(self) -> bool:
-        """Every model has an AVAILABLE version."""
-        return bool(self._models) and all(self.model_ready(name) for name in self)
+    def expected(self) -> list[str]:
+        """The models that should be serving: those asked for (explicit), else all known."""
+        return sorted(self.requested) if self.requested is not None else list(self)
 
-    def wanted_versions(self, name: str, found: list[int]) -> list[int]:
-        """The versions the model's version policy selects among those found on disk. With
-        unreadable settings, the newest: its load then fails with the settings error."""
-        try:
-            settings = self.config.model_settings(
-                name, self.root / name, BatchingSettings(), self.flags
-            )
-        except SettingsError:
-            return found[-1:]
-        return settings.version_policy.select(found)
+    def ready(self, any_model: bool = False) -> bool:
+        """Every expected model has an AVAILABLE version (`any_model`: at least one has)."""
+        expected = self.expected()
+        if not expected:
+            return False
+        ready = [self.model_ready(name) for name in expected]
+        return any(ready) if any_model else all(ready)
 
-    async def load_all(self) -> None:
-        """Load and warm the versions each policy selects; failures stay with their model."""
-        for name, found in scan(self.root).items():
-            for version in self.wanted_versions(name, found):
-                mv = ModelVersion(name, version, self.root / name / str(version))
-                self._models.setdefault(name, {})[mv.version] = mv
-                await self._load(mv)
-
-    def _prepare(self, mv: ModelVersion) -> SignatureRunner:
-        """Blocking part of a load (a worker thread): settings, then the SavedModel."""
-        mv.settings = self.config.model_settings(
-            mv.name, mv.path.parent, BatchingSettings(), self.flags
-        )
-        runner = self.load_runner(mv.path, mv.settings.batching.instances)
-        if mv.settings.batching.enabled and not batchable(runner.signature):
-            log.info("model %s: inputs fix dimension 0, batching off", mv.name)
-            off = replace(mv.settings.batching, enabled=False)
-            mv.settings = replace(mv.settings, batching=off)
-        return runner
-
-    @staticmethod
-    def _warm_up(mv: ModelVersion, runner: SignatureRunner) -> None:
-        if mv.settings.warmup:
-            for rows in mv.settings.batching.warmup_sizes():
-                runner.warm_up(rows)
-
-    async def _load(self, mv: ModelVersion) -> None:
-        started = time.monotonic()
-        try:
-            runner = await asyncio.to_thread(self._prepare, mv)
-            mv.state = ModelState.WARMING
-            await asyncio.to_thread(self._warm_up, mv, runner)
-        except Exception as error:  # any load failure marks this version FAILED, nothing else
-            mv.state, mv.reason = ModelState.FAILED, f"{type(error).__name__}: {error}"
-            log.error("model %s version %d FAILED: %s", mv.name, mv.version, mv.reason)
-            return
-        batching = mv.settings.batching
-        if batching.enabled:
-            mv.batcher = DynamicBatcher(runner, batching, name=mv.name, observer=mv.stats)
-        else:
-            runner.observer = mv.stats
-        mv.runner, mv.state = runner, ModelState.AVAILABLE
-        log.info(
-            "model %s version %d AVAILABLE in %.2f s (batching %s)",
-            mv.name,
-            mv.version,
-            time.monotonic() - started,
-            f"up to {batching.max_batch_size} rows" if batching.enabled else "off",
-        )
+    def index(self) -> list[IndexEntry]:
+        """Every model of the repository: loaded versions with their state, the rest UNAVAILABLE."""
+        entries = [
+            IndexEntry(mv.name, str(mv.version), mv.state.value, mv.reason)
+            for mv in self.all_versions()
+        ]
+        for name in sorted(set(scan(self.root)) - set(self._models)):
+            entries.append(IndexEntry(name, "", "UNAVAILABLE", "not loaded"))
+        return entries
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         """The version that serves (name, version); "" = the newest AVAILABLE version."""
-        versions = self._models.get(name)
+        versions = self._models.get(check_model_name(name))
         if not versions:
             raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
         if not version:
@@ -222,7 +251,7 @@ class ModelRepository:
 
     def resolve_label(self, name: str, label: str) -> ModelVersion:
         """The version a label (`version_labels` in the model's settings) points at."""
-        versions = self.versions(name)
+        versions = self.versions(check_model_name(name))
         if not versions:
             raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
         labels = versions[-1].settings.version_labels
@@ -233,9 +262,218 @@ class ModelRepository:
             )
         return self.resolve(name, str(labels[label]))
 
-    def close(self) -> None:
-        for mv in self.all_versions():
-            if mv.runner is not None:
-                mv.runner.close()
-                mv.runner, mv.batcher = None, None
-            mv.state = ModelState.END
+    # --- control (event loop) ---
+
+    def _model_dir(self, name: str) -> Path:
+        """The folder of a model named by a client: inside the repository, or refused."""
+        model_dir = self.root / check_model_name(name)
+        root = self.root.resolve()
+        if not model_dir.resolve().is_relative_to(root):
+            raise InvalidInput(f"invalid model name {name!r}: it leads outside the repository")
+        return model_dir
+
+    def version_policy(self, name: str) -> VersionPolicy:
+        """The model's version policy; with unreadable settings the default (the newest version),
+        whose load then fails with the settings error for all to see."""
+        try:
+            settings = self.config.model_settings(
+                name, self.root / name, BatchingSettings(), self.flags
+            )
+        except SettingsError:
+            return VersionPolicy()
+        return settings.version_policy
+
+    async def load_all(self) -> None:
+        """Reconcile every model on disk (model control `none` and `poll`)."""
+        for name in scan(self.root):
+            await self.reconcile(name)
+
+    async def load_model(self, name: str) -> None:
+        """Explicit control: load (or reload, picking up new versions) one model."""
+        model_dir = self._model_dir(name)
+        if not scan_model(model_dir):
+            models = sorted(scan(self.root))
+            raise ModelNotFound(
+                f"no model '{name}' in the repository {self.root}; models: {models}"
+            )
+        if self.requested is not None:
+            self.requested.add(name)
+        await self.reconcile(name)
+        failed = [mv for mv in self.versions(name) if mv.state is ModelState.FAILED]
+        if failed or not self.model_ready(name):
+            reasons = "; ".join(f"version {mv.version}: {mv.reason}" for mv in failed)
+            serving = [mv.version for mv in self.versions(name) if mv.state is ModelState.AVAILABLE]
+            still = f"; still serving versions {serving}" if serving else ""
+            raise LoadFailed(f"model '{name}' failed to load: {reasons}{still}")
+
+    async def unload_model(self, name: str) -> None:
+        """Explicit control: unload every version; running requests finish first."""
+        self._model_dir(name)
+        if self.requested is not None:
+            self.requested.discard(name)
+        if name not in self._models:
+            raise ModelNotFound(f"model '{name}' is not loaded; loaded: {sorted(self._models)}")
+        async with self._lock(name):
+            await asyncio.gather(*(self._unload(mv) for mv in self.versions(name)))
+            self._forget_if_empty(name)
+
+    async def poll(self) -> None:
+        """One poll: reconcile models on disk, unload models gone from it."""
+        on_disk = scan(self.root)
+        for name in on_disk:
+            await self.reconcile(name, settle=True)
+        for name in set(self._models) - set(on_disk):
+            await self.reconcile(name)
+
+    async def poll_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.poll()
+            except Exception:  # a bad poll must not stop the next one
+                log.exception("repository poll failed")
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def reconcile(self, name: str, settle: bool = False) -> None:
+        """Bring `name` to its policy: load wanted versions, then unload superseded ones.
+
+        `settle` (poll mode): load a version only once its files are unchanged since the last
+        poll, so a version being copied in is not loaded half-written.
+        """
+        async with self._lock(name):
+            found = scan_model(self.root / name)
+            policy = self.version_policy(name)
+            versions = self._models.setdefault(name, {})
+            wanted: list[int] = []
+            if policy.kind == "latest":
+                # the newest `count` versions that load: a newer version that fails (or is
+                # still being copied) leaves the next older one serving
+                available = 0
+                for version in reversed(found):
+                    if available == policy.count:
+                        break
+                    wanted.append(version)
+                    mv = await self._ensure_loaded(name, version, settle)
+                    available += mv is not None and mv.state is ModelState.AVAILABLE
+            else:
+                wanted = policy.select(found)
+                for version in wanted:
+                    await self._ensure_loaded(name, version, settle)
+            serving_wanted = any(
+                versions[v].state is ModelState.AVAILABLE for v in wanted if v in versions
+            )
+            for version, mv in list(versions.items()):
+                if version in wanted:
+                    continue
+                if mv.state is ModelState.FAILED:
+                    del versions[version]
+                elif version not in found or serving_wanted:
+                    await self._unload(mv)
+                # else: the wanted versions failed; this one keeps serving
+            self._forget_if_empty(name)
+
+    async def _ensure_loaded(self, name: str, version: int, settle: bool) -> ModelVersion | None:
+        """The version loaded (or FAILED), loading it first if it is new, or if it FAILED and
+        its files changed since; None while it is still settling (poll mode)."""
+        versions = self._models.setdefault(name, {})
+        current = versions.get(version)
+        if current is not None and current.state is not ModelState.FAILED:
+            return current
+        path = self.root / name / str(version)
+        print_ = fingerprint(path)
+        if current is not None and current.fingerprint == print_:
+            return current  # FAILED and unchanged: retrying would fail the same way
+        if settle and self._seen.get((name, version)) != print_:
+            self._seen[(name, version)] = print_
+            return current  # still changing (or first seen): look again next poll
+        mv = ModelVersion(name, version, path, fingerprint=print_)
+        versions[version] = mv
+        await self._load(mv)
+        return mv
+
+    def _forget_if_empty(self, name: str) -> None:
+        if not self._models.get(name):
+            self._models.pop(name, None)
+
+    def _set_state(self, mv: ModelVersion, state: ModelState, reason: str = "") -> None:
+        now = time.monotonic()
+        took = now - mv.since
+        previous, mv.state, mv.reason, mv.since = mv.state, state, reason, now
+        line = "model %s version %d: %s -> %s after %.3f s%s"
+        args = (
+            mv.name,
+            mv.version,
+            previous.value,
+            state.value,
+            took,
+            f": {reason}" if reason else "",
+        )
+        if state is ModelState.FAILED:
+            log.error(line, *args)
+        else:
+            log.info(line, *args)
+        for listener in self.listeners:
+            listener(mv)
+
+    def _prepare(self, mv: ModelVersion) -> SignatureRunner:
+        """Blocking part of a load (a worker thread): settings, then the SavedModel."""
+        mv.settings = self.config.model_settings(
+            mv.name, mv.path.parent, BatchingSettings(), self.flags
+        )
+        runner = self.load_runner(mv.path, mv.settings.batching.instances)
+        if mv.settings.batching.enabled and not batchable(runner.signature):
+            log.info("model %s: inputs fix dimension 0, batching off", mv.name)
+            off = replace(mv.settings.batching, enabled=False)
+            mv.settings = replace(mv.settings, batching=off)
+        return runner
+
+    @staticmethod
+    def _warm_up(mv: ModelVersion, runner: SignatureRunner) -> None:
+        if mv.settings.warmup:
+            for rows in mv.settings.batching.warmup_sizes():
+                runner.warm_up(rows)
+
+    async def _load(self, mv: ModelVersion) -> None:
+        if self._load_slot is None:
+            self._load_slot = asyncio.Semaphore(1)
+        async with self._load_slot:  # one load at a time: it competes with serving for the CPU
+            self._set_state(mv, ModelState.LOADING)
+            runner = None
+            try:
+                runner = await asyncio.to_thread(self._prepare, mv)
+                self._set_state(mv, ModelState.WARMING)
+                await asyncio.to_thread(self._warm_up, mv, runner)
+            except Exception as error:  # a load failure marks this version FAILED, nothing else
+                if runner is not None:
+                    await asyncio.to_thread(runner.close)
+                self._set_state(mv, ModelState.FAILED, f"{type(error).__name__}: {error}")
+                return
+        batching = mv.settings.batching
+        if batching.enabled:
+            mv.batcher = DynamicBatcher(runner, batching, name=mv.name, observer=mv.stats)
+        else:
+            runner.observer = mv.stats
+        mv.runner = runner
+        self._set_state(mv, ModelState.AVAILABLE)
+
+    async def _unload(self, mv: ModelVersion) -> None:
+        if mv.state in (ModelState.UNLOADING, ModelState.END):
+            return
+        self._set_state(mv, ModelState.UNLOADING)  # resolve() stops returning it now
+        await mv.drained()
+        runner, mv.runner, mv.batcher = mv.runner, None, None
+        if runner is not None:
+            await asyncio.to_thread(runner.close)
+        self._set_state(mv, ModelState.END)
+        versions = self._models.get(mv.name, {})
+        if versions.get(mv.version) is mv:
+            del versions[mv.version]
+
+    async def close(self) -> None:
+        """Unload everything (after the front ends stopped taking requests)."""
+        for name in list(self._models):
+            for mv in self.versions(name):
+                await self._unload(mv)
+        self._models.clear()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -21,9 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.dataplane import DataPlane
+from service.errors import ServingError
 from service.grpc.oip import InferenceServicer
 from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
-from service.repository import ModelRepository
+from service.repository import ModelRepository, ModelVersion
 from service.runner import configure_tensorflow
 from service.settings import ServerConfig
 
@@ -44,6 +45,9 @@ class ServerSettings:
     grace_period: float = 25.0
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    model_control: str = "none"  # none | poll | explicit
+    poll_interval: float = 5.0
+    load_models: tuple[str, ...] = ()  # explicit mode: loaded at start
 
 
 def server_version() -> str:
@@ -62,7 +66,11 @@ class Server:
         self.dataplane = DataPlane(self.repository)
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._published: set[str] = set()
+        self._stopping = False
         self.grpc_port = 0
+        self.repository.listeners.append(self._on_state_change)
 
     async def start(self) -> None:
         """Listen first (health answers NOT_SERVING while models load), then load every model."""
@@ -91,22 +99,51 @@ class Server:
         await self._grpc.start()
         await self._health.set("", NOT_SERVING)
         log.info("gRPC listening on %s:%d", self.settings.host, self.grpc_port)
-        await self.repository.load_all()
+        await self._load_models()
         await self._publish_health()
 
+    async def _load_models(self) -> None:
+        settings = self.settings
+        if settings.model_control == "explicit":
+            self.repository.requested = set()
+            for name in settings.load_models:
+                try:
+                    await self.repository.load_model(name)
+                except ServingError as error:  # the server still starts; readiness says no
+                    log.error("--load-model %s: %s", name, error.message)
+            return
+        await self.repository.load_all()
+        if settings.model_control == "poll":
+            self._spawn(self.repository.poll_forever(settings.poll_interval))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _on_state_change(self, model: ModelVersion) -> None:
+        if not self._stopping:
+            self._spawn(self._publish_health())
+
     async def _publish_health(self) -> None:
+        """grpc.health.v1: "" follows server readiness, a model's name that model's."""
+        if self._stopping:
+            return
         await self._health.set("", SERVING if self.repository.ready() else NOT_SERVING)
-        for name in self.repository:
-            await self._health.set(
-                name, SERVING if self.repository.model_ready(name) else NOT_SERVING
-            )
+        self._published.update(self.repository)
+        for name in sorted(self._published):
+            ready = self.repository.model_ready(name)
+            await self._health.set(name, SERVING if ready else NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health goes NOT_SERVING at once; running requests get `grace` seconds to finish."""
+        self._stopping = True
         await self._health.enter_graceful_shutdown()
+        for task in self._background:
+            task.cancel()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.grace_period if grace is None else grace)
-        self.repository.close()
+        await self.repository.close()
 
 
 async def serve(settings: ServerSettings) -> None:

@@ -14,7 +14,7 @@ import grpc
 
 from service.codecs import oip as codec
 from service.dataplane import DataPlane
-from service.errors import ModelNotFound, ModelNotReady
+from service.errors import ModelControlDisabled, ModelNotFound, ModelNotReady
 from service.grpc.boundary import grpc_errors, status_of
 from service.proto import grpc_service_pb2 as pb
 from service.proto import grpc_service_pb2_grpc as pb_grpc
@@ -94,12 +94,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryIndexResponse(
             models=[
                 pb.RepositoryIndexResponse.ModelIndex(
-                    name=mv.name, version=str(mv.version), state=mv.state.value, reason=mv.reason
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
                 )
-                for mv in self._repository.all_versions()
-                if not request.ready or mv.state is ModelState.AVAILABLE
+                for e in self._repository.index()
+                if not request.ready or e.state == ModelState.AVAILABLE.value
             ]
         )
+
+    def _explicit_only(self, request_repository: str) -> None:
+        if request_repository:
+            raise ModelNotFound(
+                f"unknown repository '{request_repository}'; plexserve serves one repository: "
+                "leave repository_name empty"
+            )
+        if self._repository.requested is None:
+            raise ModelControlDisabled(
+                "model loading and unloading over the API need --model-control explicit "
+                "(this server loads what is in its repository)"
+            )
+
+    @grpc_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        self._explicit_only(request.repository_name)
+        await self._repository.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        self._explicit_only(request.repository_name)
+        await self._repository.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def _infer(
         self, request: pb.ModelInferRequest, timeout: float | None = None

@@ -180,6 +180,7 @@ def test_a_full_queue_answers_queue_full() -> None:
         await settle()
         with pytest.raises(QueueFull, match=r"'m' queue full: 3 rows queued.*limit is 3 rows"):
             await batcher.run(x(4))
+        assert batcher.queued_rows == 3
         await runner.release(0)
         await runner.release(1)
         await runner.release(2)
@@ -323,5 +324,18 @@ def test_instances_run_batches_concurrently() -> None:
         await runner.release(1)
         await runner.release(2)
         await asyncio.gather(*tasks)
+
+    scenario(body)
+
+
+def test_an_empty_queue_takes_a_request_larger_than_its_bound() -> None:
+    async def body() -> None:
+        runner = GatedRunner()
+        batcher = make(runner, max_batch_size=2, max_queue_size=3)
+        task = asyncio.create_task(batcher.run(x(*range(5))))
+        for index in range(3):
+            await runner.release(index)
+            await settle()
+        assert (await task)["y"].shape == (5, 1)
 
     scenario(body)
