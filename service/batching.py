@@ -217,7 +217,7 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
-        self.observer.observe_execution(rows, padded - rows, self.clock() - started)
+        self.observer.observe_execution(rows, padded - rows, self.clock() - started, len(live))
         offset = 0
         for item in live:
             if not item.future.done():

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from service.logs import configure_logging
+
 DEFAULT_REPOSITORY = "model_repository"
 log = logging.getLogger("plexserve")
 
@@ -91,6 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         intra_op_threads=args.tf_intra_op_threads,
         inter_op_threads=args.tf_inter_op_threads,
+        http_port=args.http_port,
+        ready_when=args.ready_when,
+        access_log_sample=args.access_log_sample,
         model_control=args.model_control,
         poll_interval=args.poll_interval,
         load_models=tuple(args.load_model),
@@ -102,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="plexserve", description="Serve Keras models over gRPC.")
     top.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    top.add_argument("--log-format", choices=["text", "json"], default="text")
     commands = top.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -168,6 +174,20 @@ def parser() -> argparse.ArgumentParser:
         "and reconcile; explicit: load and unload through RepositoryModelLoad/Unload",
     )
     sub.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
+    sub.add_argument("--http-port", type=int, default=8501, help="/metrics and HTTP health")
+    sub.add_argument(
+        "--ready-when",
+        choices=["all", "any"],
+        default="all",
+        help="ready when every model that should serve is AVAILABLE, or at least one",
+    )
+    sub.add_argument(
+        "--access-log-sample",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="log this fraction of requests (0.01 = 1%%) on logger plexserve.access",
+    )
     sub.add_argument(
         "--load-model",
         action="append",
@@ -198,9 +218,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
     from models.registry import BuilderError
     from service.errors import ServingError
     from service.export import ExportError

@@ -1,19 +1,32 @@
 """DataPlane: the one core every protocol front end calls.
 
-Resolve the model version, validate the inputs against its signature, run it, check and select
-the outputs. Knows no protobuf and no front end: tensors are `dict[str, numpy.ndarray]` keyed by
-the signature's names. Used from the event loop.
+Resolve the model version, decode the request (the front end's codec, called back so that a
+request refused while decoding is counted like any other), validate the inputs against the
+signature, run, check and select the outputs, and count the outcome (Prometheus metrics and the
+version's own statistics). Knows no protobuf and no front end: tensors are
+`dict[str, numpy.ndarray]` keyed by the signature's names. Used from the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.errors import ExecutionFailed
+import grpc
+
+from service.errors import ExecutionFailed, ServingError
+from service.metrics import UNKNOWN_MODEL, Metrics
 from service.repository import ModelRepository, ModelVersion
 from service.signature import Tensors
+
+access_log = logging.getLogger("plexserve.access")
+
+# The front end's decoder: its request -> (inputs by name, requested output names; empty = all)
+Decode = Callable[[], tuple[Tensors, Sequence[str]]]
 
 
 @dataclass(frozen=True)
@@ -23,32 +36,80 @@ class InferResult:
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: Metrics | None = None,
+        access_log_sample: float = 0.0,
+    ) -> None:
         self.repository = repository
+        self.metrics = metrics
+        self.access_log_sample = access_log_sample  # fraction of requests logged, 0 = none
 
     async def infer(
         self,
         name: str,
         version: str,
-        inputs: Tensors,
-        requested: Sequence[str] = (),
+        decode: Decode,
         timeout: float | None = None,
+        protocol: str = "v2",
     ) -> InferResult:
-        """`timeout`: seconds the caller still waits (the gRPC deadline); a request still queued
-        when it passes is answered DEADLINE_EXCEEDED without being computed."""
+        """Answer one request for (name, version); "" = the newest available version.
+
+        `timeout`: seconds the caller still waits (its gRPC deadline); a request still queued
+        when it passes is answered DEADLINE_EXCEEDED without being computed.
+        """
+        started = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
-        model = self.repository.resolve(name, version)
-        signature = model.signature
-        rows = signature.validate(signature.conform(inputs))
-        names = signature.select_outputs(requested)
-        if rows == 0:  # TensorFlow is never called with 0 rows (conv models raise on it)
-            return InferResult(model, {n: signature.outputs[n].empty(0) for n in names})
-        results = await model.run(inputs, deadline)
-        for output in names:
-            array = results[output]
-            if array.ndim == 0 or array.shape[0] != rows:
-                raise ExecutionFailed(
-                    f"model '{model.name}' version {model.version} returned output '{output}' "
-                    f"with shape {list(array.shape)} for {rows} input rows"
+        model: ModelVersion | None = None
+        rows, code = 0, grpc.StatusCode.OK
+        try:
+            model = self.repository.resolve(name, version)
+            inputs, requested = decode()
+            signature = model.signature
+            rows = signature.validate(signature.conform(inputs))
+            names = signature.select_outputs(requested)
+            if rows == 0:  # TensorFlow is never called with 0 rows (conv models raise on it)
+                return InferResult(model, {n: signature.outputs[n].empty(0) for n in names})
+            results = await model.run(inputs, deadline)
+            for output in names:
+                array = results[output]
+                if array.ndim == 0 or array.shape[0] != rows:
+                    raise ExecutionFailed(
+                        f"model '{model.name}' version {model.version} returned output "
+                        f"'{output}' with shape {list(array.shape)} for {rows} input rows"
+                    )
+            return InferResult(model, {n: results[n] for n in names})
+        except ServingError as error:
+            code = error.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            if model is not None:
+                model.stats.observe_request(code is grpc.StatusCode.OK, rows, seconds)
+            if self.access_log_sample and random.random() < self.access_log_sample:
+                access_log.info(
+                    "%s model=%s version=%s code=%s rows=%d ms=%.3f",
+                    protocol,
+                    name,
+                    model.version if model is not None else version,
+                    code.name,
+                    rows,
+                    seconds * 1000,
+                    extra={"protocol": protocol, "model": name, "code": code.name},
                 )
-        return InferResult(model, {n: results[n] for n in names})
+            if self.metrics is not None:
+                known = model is not None or name in set(self.repository)
+                self.metrics.observe_request(
+                    name if known else UNKNOWN_MODEL,
+                    str(model.version) if model is not None else "",
+                    protocol,
+                    code.name,
+                    seconds,
+                )

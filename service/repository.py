@@ -37,7 +37,7 @@ from service.settings import (
     VersionPolicy,
 )
 from service.signature import Signature, Tensors
-from service.stats import ExecutionStats
+from service.stats import ExecutionObserver, ExecutionStats, Observers
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,10 @@ class ModelRepository:
         self.config = config or ServerConfig()
         self.flags = flags or {}
         self.load_runner = load_runner
-        self.listeners: list[Callable[[ModelVersion], None]] = []
+        # called on every state change with (version, previous state, seconds in it)
+        self.listeners: list[Callable[[ModelVersion, ModelState, float], None]] = []
+        # extra observers of a version's executions (metrics), besides its own stats
+        self.observer_factories: list[Callable[[ModelVersion], ExecutionObserver]] = []
         # explicit model control: the models asked for; None = every model on disk
         self.requested: set[str] | None = None
         self._models: dict[str, dict[int, ModelVersion]] = {}
@@ -415,7 +418,7 @@ class ModelRepository:
         else:
             log.info(line, *args)
         for listener in self.listeners:
-            listener(mv)
+            listener(mv, previous, took)
 
     def _prepare(self, mv: ModelVersion) -> SignatureRunner:
         """Blocking part of a load (a worker thread): settings, then the SavedModel."""
@@ -451,10 +454,11 @@ class ModelRepository:
                 self._set_state(mv, ModelState.FAILED, f"{type(error).__name__}: {error}")
                 return
         batching = mv.settings.batching
+        observer = Observers(mv.stats, *(factory(mv) for factory in self.observer_factories))
         if batching.enabled:
-            mv.batcher = DynamicBatcher(runner, batching, name=mv.name, observer=mv.stats)
+            mv.batcher = DynamicBatcher(runner, batching, name=mv.name, observer=observer)
         else:
-            runner.observer = mv.stats
+            runner.observer = observer
         mv.runner = runner
         self._set_state(mv, ModelState.AVAILABLE)
 

@@ -19,12 +19,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from service.dataplane import DataPlane
 from service.errors import ServingError
 from service.grpc.oip import InferenceServicer
+from service.http import HttpListener
+from service.metrics import Metrics
 from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
-from service.repository import ModelRepository, ModelVersion
+from service.repository import ModelRepository, ModelState, ModelVersion
 from service.runner import configure_tensorflow
 from service.settings import ServerConfig
 
@@ -45,6 +48,10 @@ class ServerSettings:
     grace_period: float = 25.0
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    http_port: int | None = 8501  # None: no HTTP listener
+    ready_when: str = "all"  # all: every expected model AVAILABLE; any: at least one
+    access_log_sample: float = 0.0
+    registry: CollectorRegistry | None = None  # None: a new one for this server
     model_control: str = "none"  # none | poll | explicit
     poll_interval: float = 5.0
     load_models: tuple[str, ...] = ()  # explicit mode: loaded at start
@@ -63,7 +70,12 @@ class Server:
         self.repository = ModelRepository(
             settings.repository, settings.config, dict(settings.model_flags)
         )
-        self.dataplane = DataPlane(self.repository)
+        self.registry = settings.registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.repository.listeners.append(self.metrics.on_state_change)
+        self.repository.observer_factories.append(self.metrics.observer)
+        self.dataplane = DataPlane(self.repository, self.metrics, settings.access_log_sample)
+        self.http = HttpListener(self.repository, self.registry, self.ready, self.live)
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -71,6 +83,13 @@ class Server:
         self._stopping = False
         self.grpc_port = 0
         self.repository.listeners.append(self._on_state_change)
+
+    def live(self) -> bool:
+        return not self._stopping
+
+    def ready(self) -> bool:
+        """Ready to take traffic: not shutting down, and the models that should serve do."""
+        return not self._stopping and self.repository.ready(self.settings.ready_when == "any")
 
     async def start(self) -> None:
         """Listen first (health answers NOT_SERVING while models load), then load every model."""
@@ -96,9 +115,11 @@ class Server:
         )
         address = f"{self.settings.host}:{self.settings.grpc_port}"
         self.grpc_port = self._grpc.add_insecure_port(address)
+        await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
         await self._grpc.start()
-        await self._health.set("", NOT_SERVING)
         log.info("gRPC listening on %s:%d", self.settings.host, self.grpc_port)
+        if self.settings.http_port is not None:
+            await self.http.start(self.settings.host, self.settings.http_port)
         await self._load_models()
         await self._publish_health()
 
@@ -121,7 +142,7 @@ class Server:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _on_state_change(self, model: ModelVersion) -> None:
+    def _on_state_change(self, model: ModelVersion, previous: ModelState, seconds: float) -> None:
         if not self._stopping:
             self._spawn(self._publish_health())
 
@@ -129,7 +150,7 @@ class Server:
         """grpc.health.v1: "" follows server readiness, a model's name that model's."""
         if self._stopping:
             return
-        await self._health.set("", SERVING if self.repository.ready() else NOT_SERVING)
+        await self._health.set("", SERVING if self.ready() else NOT_SERVING)
         self._published.update(self.repository)
         for name in sorted(self._published):
             ready = self.repository.model_ready(name)
@@ -143,6 +164,7 @@ class Server:
             task.cancel()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.grace_period if grace is None else grace)
+        await self.http.stop()
         await self.repository.close()
 
 

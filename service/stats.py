@@ -1,14 +1,15 @@
-"""Per-model-version execution counters, fed by whoever executes (the DynamicBatcher, or the
-runner itself when batching is off). They back ModelStatistics and the batching report; the
-Prometheus metrics (service/metrics.py) observe the same events.
+"""Per-model-version counters: what executed (fed by the DynamicBatcher, or by the runner itself
+when batching is off) and what was answered (fed by the data plane). They back Triton's
+ModelStatistics; the Prometheus metrics (service/metrics.py) observe the same events through
+the same narrow interface.
 
-Updated from the event loop and from runner threads: integer and float additions under a lock.
+Updated from the event loop and from runner threads: additions under a lock.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,8 +18,21 @@ class ExecutionObserver(Protocol):
     def observe_queue(self, seconds: float) -> None:
         """One request (or chunk of one) waited `seconds` before its execution started."""
 
-    def observe_execution(self, rows: int, padding_rows: int, seconds: float) -> None:
-        """One execution ran `rows` request rows plus `padding_rows` padding in `seconds`."""
+    def observe_execution(
+        self, rows: int, padding_rows: int, seconds: float, requests: int = 1
+    ) -> None:
+        """One execution ran `requests` requests (`rows` rows, plus `padding_rows` padding) in
+        `seconds`."""
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
 
 
 @dataclass
@@ -27,23 +41,39 @@ class ExecutionStats:
     rows: int = 0
     padding_rows: int = 0
     compute_seconds: float = 0.0
-    queued: int = 0
-    queue_seconds: float = 0.0
-    batch_sizes: Counter[int] = field(default_factory=Counter)  # executions by request rows
+    queue: Duration = field(default_factory=Duration)
+    by_batch_rows: dict[int, Duration] = field(default_factory=dict)  # compute by request rows
+    compute_per_request: Duration = field(default_factory=Duration)  # a batch's time, per request
+    success: Duration = field(default_factory=Duration)  # answered requests, request duration
+    failure: Duration = field(default_factory=Duration)
+    inferences: int = 0  # rows of successful requests
+    last_inference_ms: int = 0  # wall clock, ms since the epoch
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe_queue(self, seconds: float) -> None:
         with self._lock:
-            self.queued += 1
-            self.queue_seconds += seconds
+            self.queue.add(seconds)
 
-    def observe_execution(self, rows: int, padding_rows: int, seconds: float) -> None:
+    def observe_execution(
+        self, rows: int, padding_rows: int, seconds: float, requests: int = 1
+    ) -> None:
         with self._lock:
+            self.compute_per_request.count += requests
+            self.compute_per_request.seconds += seconds * requests
             self.executions += 1
             self.rows += rows
             self.padding_rows += padding_rows
             self.compute_seconds += seconds
-            self.batch_sizes[rows] += 1
+            self.by_batch_rows.setdefault(rows, Duration()).add(seconds)
+
+    def observe_request(self, ok: bool, rows: int, seconds: float) -> None:
+        with self._lock:
+            if ok:
+                self.success.add(seconds)
+                self.inferences += rows
+                self.last_inference_ms = int(time.time() * 1000)
+            else:
+                self.failure.add(seconds)
 
     @property
     def mean_batch_rows(self) -> float:
@@ -60,6 +90,8 @@ class Observers:
         for observer in self._observers:
             observer.observe_queue(seconds)
 
-    def observe_execution(self, rows: int, padding_rows: int, seconds: float) -> None:
+    def observe_execution(
+        self, rows: int, padding_rows: int, seconds: float, requests: int = 1
+    ) -> None:
         for observer in self._observers:
-            observer.observe_execution(rows, padding_rows, seconds)
+            observer.observe_execution(rows, padding_rows, seconds, requests)

@@ -18,6 +18,7 @@ from service.proto import grpc_service_pb2_grpc as pb_grpc
 from service.server import Server, ServerSettings
 
 T = TypeVar("T")
+LOCAL_PORT_0: dict[str, Any] = {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0}
 
 DATATYPES = {
     np.dtype(np.bool_): "BOOL",
@@ -44,7 +45,7 @@ class RunningServer:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.server: Server = self.run(
-            self._create(ServerSettings(repository, host="127.0.0.1", grpc_port=0, **settings))
+            self._create(ServerSettings(repository, **{**LOCAL_PORT_0, **settings}))
         )
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}")
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
@@ -54,6 +55,10 @@ class RunningServer:
         server = Server(settings)
         await server.start()
         return server
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http.port}/metrics"
 
     @property
     def address(self) -> str:

@@ -21,6 +21,7 @@ from service.proto import grpc_service_pb2 as pb
 from service.proto import model_config_pb2 as config_pb
 from service.settings import BatchingSettings
 from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec, format_shape
+from service.stats import Duration, ExecutionStats
 
 PLATFORM = "tensorflow_savedmodel"
 
@@ -279,3 +280,31 @@ def model_config(
             )
         )
     return pb.ModelConfigResponse(config=config)
+
+
+def _duration(duration: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=duration.count, ns=int(duration.seconds * 1e9))
+
+
+def model_statistics(name: str, version: int, stats: ExecutionStats) -> pb.ModelStatistics:
+    """Triton's statistics of one version: per-request success, failure, queue and compute
+    (a batch's compute time counts once for each request in it), and per-batch-size compute."""
+    return pb.ModelStatistics(
+        name=name,
+        version=str(version),
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inferences,
+        execution_count=stats.executions,
+        inference_stats=pb.InferStatistics(
+            success=_duration(stats.success),
+            fail=_duration(stats.failure),
+            queue=_duration(stats.queue),
+            compute_input=pb.StatisticDuration(),
+            compute_infer=_duration(stats.compute_per_request),
+            compute_output=pb.StatisticDuration(),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(batch_size=rows, compute_infer=_duration(duration))
+            for rows, duration in sorted(stats.by_batch_rows.items())
+        ],
+    )

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "plexserve"
 # Only extensions that work end to end are listed: clients such as perf_analyzer call them.
-EXTENSIONS = ["model_configuration"]
+EXTENSIONS = ["model_configuration", "model_repository", "statistics"]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -83,6 +83,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return codec.model_config(model.name, model.signature, model.settings.batching)
 
     @grpc_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        """Every loaded version ("" name: every model; "" version: every version)."""
+        if request.name:
+            self._repository.resolve(request.name, request.version)  # NOT_FOUND when unknown
+            names = [request.name]
+        else:
+            names = list(self._repository)
+        return pb.ModelStatisticsResponse(
+            model_stats=[
+                codec.model_statistics(mv.name, mv.version, mv.stats)
+                for name in names
+                for mv in self._repository.versions(name)
+                if not request.version or str(mv.version) == request.version
+            ]
+        )
+
+    @grpc_errors
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
@@ -132,9 +151,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, timeout: float | None = None
     ) -> pb.ModelInferResponse:
-        inputs, requested = codec.decode_infer_request(request)
         result = await self._dataplane.infer(
-            request.model_name, request.model_version, inputs, requested, timeout
+            request.model_name,
+            request.model_version,
+            lambda: codec.decode_infer_request(request),
+            timeout,
+            protocol="v2",
         )
         return codec.encode_infer_response(
             result.model.name,
