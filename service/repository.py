@@ -404,15 +404,13 @@ class ModelRepository:
         now = time.monotonic()
         took = now - mv.since
         previous, mv.state, mv.reason, mv.since = mv.state, state, reason, now
-        line = "model %s version %d: %s -> %s after %.3f s%s"
-        args = (
-            mv.name,
-            mv.version,
-            previous.value,
-            state.value,
-            took,
-            f": {reason}" if reason else "",
-        )
+        because = f": {reason}" if reason else ""
+        args: tuple[object, ...]
+        if previous is state:  # a new version's first state
+            line, args = "model %s version %d: %s", (mv.name, mv.version, state.value)
+        else:
+            line = "model %s version %d: %s -> %s after %.3f s%s"
+            args = (mv.name, mv.version, previous.value, state.value, took, because)
         if state is ModelState.FAILED:
             log.error(line, *args)
         else:

@@ -299,9 +299,11 @@ def model_statistics(name: str, version: int, stats: ExecutionStats) -> pb.Model
             success=_duration(stats.success),
             fail=_duration(stats.failure),
             queue=_duration(stats.queue),
-            compute_input=pb.StatisticDuration(),
+            # Input assembly and output splitting are not timed apart: they are inside
+            # compute_infer. perf_analyzer needs the three counts equal, hence 0 ns here.
+            compute_input=pb.StatisticDuration(count=stats.compute_per_request.count),
             compute_infer=_duration(stats.compute_per_request),
-            compute_output=pb.StatisticDuration(),
+            compute_output=pb.StatisticDuration(count=stats.compute_per_request.count),
         ),
         batch_stats=[
             pb.InferBatchStatistics(batch_size=rows, compute_infer=_duration(duration))

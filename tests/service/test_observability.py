@@ -151,6 +151,8 @@ def test_model_statistics_count_the_requests_sent(observed: RunningServer) -> No
     inference = stats.inference_stats
     assert (inference.success.count, inference.fail.count) == (3, 2)
     assert inference.queue.count == inference.compute_infer.count == 3
+    # perf_analyzer requires the three compute counts to agree
+    assert inference.compute_input.count == inference.compute_output.count == 3
     assert inference.success.ns > inference.compute_infer.ns > 0
     assert {(b.batch_size, b.compute_infer.count) for b in stats.batch_stats} == {
         (1, 1),
