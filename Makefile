@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 REPO ?= model_repository
 GRPC_PORT ?= 8500
 HTTP_PORT ?= 8501
-DEMO_MODELS := mlp multi_input inception residual shared_encoder multi_output text_classifier multi_task
+DEMO_MODELS := echo mlp multi_input inception residual shared_encoder multi_output text_classifier multi_task
 PYTEST_ARGS ?=
 
 .PHONY: install serve test protos lint demo-models clean
