@@ -80,6 +80,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from service.bench.command import run_command
+
+    return run_command(args)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="plexserve", description="Serve Keras models over gRPC.")
     top.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -145,6 +151,12 @@ def parser() -> argparse.ArgumentParser:
         "--model-control", choices=["none"], default="none", help="none: load every model at start"
     )
     sub.set_defaults(run=cmd_serve)
+
+    from service.bench.options import add_arguments as add_bench_arguments
+
+    sub = command("bench", "load-test a running server (Open Inference Protocol v2)")
+    add_bench_arguments(sub)
+    sub.set_defaults(run=cmd_bench)
     return top
 
 
@@ -153,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "bench":  # before the imports below: they load TensorFlow, bench must not
+        return int(args.run(args))
     from models.registry import BuilderError
     from service.errors import ServingError
     from service.export import ExportError
