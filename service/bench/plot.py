@@ -31,6 +31,7 @@ def plot_runs(runs: Sequence[tuple[str, dict[str, Any]]], path: Path) -> None:
     """Draw every run's steps (x: achieved requests/s, y: latency ms, log) into a PNG."""
     require_matplotlib()
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     figure, axes = plt.subplots(figsize=(8, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -60,6 +61,10 @@ def plot_runs(runs: Sequence[tuple[str, dict[str, Any]]], path: Path) -> None:
             )
     environment = runs[0][1].get("environment", {}) if runs else {}
     axes.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axes.yaxis.set_major_formatter(plain)
+    axes.yaxis.set_minor_formatter(plain)
+    axes.tick_params(axis="y", which="minor", labelsize=7)
     axes.set_xlabel("achieved throughput (requests/s)")
     axes.set_ylabel("latency (ms)")
     axes.set_title(
