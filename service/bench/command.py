@@ -260,5 +260,8 @@ def run_command(args: argparse.Namespace) -> int:
     except BenchError as error:
         print(f"plexserve bench: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("plexserve bench: interrupted", file=sys.stderr)
+        return 130
     failed = sum(sum(step["errors"].values()) for step in document["steps"])
     return 1 if failed else 0

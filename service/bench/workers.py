@@ -17,6 +17,7 @@ import multiprocessing
 import signal
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -116,10 +117,15 @@ class ProcessLoad:
         self.processes = processes
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[Any, Connection, Any]] = []
+        # One thread per process waits for its answers: the default executor is left free for
+        # the metrics scrapes, which must happen while a step runs.
+        self._receivers = ThreadPoolExecutor(processes, thread_name_prefix="bench-receive")
+        self._running = False
 
     async def _receive(self, conn: Connection, index: int, expect: str) -> Any:
+        loop = asyncio.get_running_loop()
         try:
-            kind, payload = await asyncio.to_thread(conn.recv)
+            kind, payload = await loop.run_in_executor(self._receivers, conn.recv)
         except EOFError:
             raise BenchError(f"load process {index} exited unexpectedly") from None
         if kind == "error":
@@ -149,13 +155,14 @@ class ProcessLoad:
         return list(specs[0])
 
     async def run(self, plans: Sequence[StepPlan]) -> list[StepRecord]:
+        self._running = True
         for (_, conn, _), plan in zip(self._workers, plans, strict=True):
             conn.send(plan)
-        return list(
-            await asyncio.gather(
-                *(self._receive(conn, i, "record") for i, (_, conn, _) in enumerate(self._workers))
-            )
+        records = await asyncio.gather(
+            *(self._receive(conn, i, "record") for i, (_, conn, _) in enumerate(self._workers))
         )
+        self._running = False
+        return list(records)
 
     def answered(self) -> tuple[int, int]:
         return (
@@ -164,7 +171,11 @@ class ProcessLoad:
         )
 
     async def close(self) -> None:
-        for _, conn, _ in self._workers:
+        """Stop the load processes: at once when a step was interrupted, else after they
+        closed their channels."""
+        for process, conn, _ in self._workers:
+            if self._running:
+                process.terminate()
             try:
                 conn.send(None)
             except (BrokenPipeError, OSError):
@@ -176,3 +187,4 @@ class ProcessLoad:
                 await asyncio.to_thread(process.join, 5)
             conn.close()
         self._workers = []
+        self._receivers.shutdown(wait=False, cancel_futures=True)

@@ -113,8 +113,10 @@ def test_open_loop_sends_on_schedule_and_reports_the_achieved_rate(
     assert bench(server, dead_metrics_url, *args, "--output", str(output)) == 0
     (step,) = json.loads(output.read_text())["steps"]
     assert (step["mode"], step["rate"], step["distribution"]) == ("open", 100.0, "constant")
-    assert step["requests"] == 50  # every 10 ms in the 0.5 s window, answered or not
-    assert step["ok"] == 50
+    # every 10 ms of the 0.5 s window, answered or not (the send at the window's very end may
+    # fall on either side of it by a rounding error)
+    assert step["requests"] in (50, 51)
+    assert step["ok"] == step["requests"]
     assert 0 < step["achieved_rate"] <= 100
     assert "rate achieved" in capsys.readouterr().out
 
