@@ -2,12 +2,14 @@
 
 Importing this package registers every built-in builder in ``default_registry`` (registration is the
 only import-time side effect). It never imports ``service``: builders know nothing of serving.
-Built-ins: mlp, multi_input, inception, residual, shared_encoder, multi_output, text_classifier,
-multi_task -- each returns a Functional ``keras.Model`` with named Inputs and dict outputs.
+Built-ins: echo, mlp, multi_input, inception, residual, shared_encoder, multi_output,
+text_classifier, multi_task -- each returns a Functional ``keras.Model`` with named Inputs and
+dict outputs.
 """
 
 # The builder modules are imported for their registration side effect.
 from models import (  # noqa: F401
+    echo,
     inception,
     mlp,
     multi_input,

@@ -104,6 +104,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from service.bench.command import run_command
+
+    return run_command(args)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="plexserve", description="Serve Keras models over gRPC.")
     top.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -213,12 +219,20 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--tf-intra-op-threads", type=int, default=0, help="0: TensorFlow's default")
     group.add_argument("--tf-inter-op-threads", type=int, default=0, help="0: TensorFlow's default")
     sub.set_defaults(run=cmd_serve)
+
+    from service.bench.options import add_arguments as add_bench_arguments
+
+    sub = command("bench", "load-test a running server (Open Inference Protocol v2)")
+    add_bench_arguments(sub)
+    sub.set_defaults(run=cmd_bench)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
+    if args.command == "bench":  # before the imports below: they load TensorFlow, bench must not
+        return int(args.run(args))
     from models.registry import BuilderError
     from service.errors import ServingError
     from service.export import ExportError

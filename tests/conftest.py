@@ -18,6 +18,7 @@ from tests.harness import RunningServer
 
 # Small parameter values: each model builds, exports and serves in about a second.
 SMALL: dict[str, dict[str, Any]] = {
+    "echo": {},
     "mlp": {"input_dim": 8, "hidden_units": 4, "classes": 3},
     "multi_input": {"numeric_dim": 4, "categories": 10, "embedding_dim": 4, "hidden_units": 8},
     "inception": {"filters": 4, "image_shape": (8, 8, 3), "classes": 3},

@@ -21,6 +21,7 @@ Outputs = dict[str, tuple[int, ...]]  # output name -> shape without batch
 
 # name -> (small parameters, inputs, outputs)
 EXPECTED: dict[str, tuple[dict[str, Any], Inputs, Outputs]] = {
+    "echo": ({"width": 4}, {"x": ((4,), "float32")}, {"y": (4,)}),
     "mlp": (
         {"input_dim": 6, "hidden_units": 4, "classes": 3},
         {"features": ((6,), "float32")},
@@ -170,3 +171,9 @@ def test_text_classifier_uses_the_given_vocabulary() -> None:
 def test_multi_task_defaults_are_about_50k_parameters() -> None:
     model = default_registry.get("multi_task").build()
     assert 40_000 <= model.count_params() <= 60_000
+
+
+def test_echo_returns_its_input_unchanged() -> None:
+    model = default_registry.get("echo").build(width=3)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(call(model, {"x": x})["y"], x)

@@ -1,0 +1,125 @@
+"""Shared by the bench/ scripts: the machine's description, a temporary model repository built
+with `plexserve build`, a `plexserve serve` process on free ports, and `plexserve bench` runs.
+
+Everything is driven through the `plexserve` command of the active environment (the one next to
+this Python), exactly as a user would; the load itself is always `plexserve bench`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# The `plexserve` command next to this Python (the project's .venv when run as .venv/bin/python).
+_SCRIPT = Path(sys.executable).parent / "plexserve"
+PLEXSERVE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service"]
+
+
+def lscpu() -> dict[str, str]:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {
+        key.strip(): value.strip()
+        for key, _, value in (line.partition(":") for line in text.splitlines())
+    }
+
+
+def machine() -> str:
+    cpu = lscpu()
+    memory = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    except OSError:
+        pass
+    return (
+        f"{cpu.get('Model name', platform.processor() or '?')}, "
+        f"{cpu.get('CPU(s)', os.cpu_count())} CPUs, {memory}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, host {platform.node()}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def build_repository(repo: Path, builders: list[str]) -> None:
+    subprocess.run(
+        [*PLEXSERVE, "build", *builders, "--repo", str(repo)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@contextmanager
+def serving(repo: Path, log: Path, *server_args: str) -> Iterator[tuple[str, str]]:
+    """`plexserve serve` on free ports, with `server_args`; yields (gRPC target, metrics URL)
+    once it is ready."""
+    from service.proto import grpc_service_pb2 as pb
+    from service.proto import grpc_service_pb2_grpc as pb_grpc
+
+    grpc_port, http_port = free_port(), free_port()
+    command = [*PLEXSERVE, "serve", "--repo", str(repo), "--host", "127.0.0.1"]
+    command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port), *server_args]
+    target = f"127.0.0.1:{grpc_port}"
+    with log.open("w") as log_file:
+        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        import grpc
+
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            deadline = time.monotonic() + 180
+            while True:
+                if server.poll() is not None:
+                    raise SystemExit(f"plexserve serve exited; see {log}")
+                try:
+                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"plexserve serve not ready after 180 s; see {log}")
+                time.sleep(0.5)
+        yield target, f"http://127.0.0.1:{http_port}/metrics"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def bench(output: Path, *args: str) -> dict[str, Any]:
+    """Run `plexserve bench ... --output OUTPUT` (its table goes to our stdout); its JSON back."""
+    command = [*PLEXSERVE, "bench", *args, "--output", str(output)]
+    print("$ plexserve bench " + " ".join(args), flush=True)
+    finished = subprocess.run(command)
+    if finished.returncode not in (0, 1):  # 1: some requests failed, still a measurement
+        raise SystemExit(f"plexserve bench failed with status {finished.returncode}")
+    return dict(json.loads(output.read_text()))
+
+
+def fresh_directory(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
