@@ -21,7 +21,7 @@ install: $(STAMP)
 # The venv is rebuilt when the dependencies change; requirements.lock pins every package.
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,lint]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,lint,plot]'
 	touch $(STAMP)
 
 # Builds the demo models that are missing from $(REPO) (an existing model is left as it is).
