@@ -11,8 +11,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.errors import ExecutionFailed
+from service.errors import ExecutionFailed, SignatureNotFound
 from service.repository import ModelRepository, ModelVersion
+from service.runner import SERVING_SIGNATURE
 from service.signature import Tensors
 
 
@@ -26,6 +27,13 @@ class DataPlane:
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
 
+    def resolve(self, name: str, version: str = "", label: str = "") -> ModelVersion:
+        """The version that serves `name` at `version`, or at the version `label` points to
+        (`version_labels` in the model's settings); neither = the newest AVAILABLE version."""
+        if label:
+            return self.repository.resolve_label(name, label)
+        return self.repository.resolve(name, version)
+
     async def infer(
         self,
         name: str,
@@ -33,11 +41,23 @@ class DataPlane:
         inputs: Tensors,
         requested: Sequence[str] = (),
         timeout: float | None = None,
+        *,
+        protocol: str,
+        label: str = "",
+        signature_name: str = "",
     ) -> InferResult:
         """`timeout`: seconds the caller still waits (the gRPC deadline); a request still queued
-        when it passes is answered DEADLINE_EXCEEDED without being computed."""
+        when it passes is answered DEADLINE_EXCEEDED without being computed. `signature_name`:
+        "" or the one signature every version serves (`serving_default`). `protocol` names the
+        calling front end ("oip", "tfserving"): the label request metrics will carry; nothing
+        reads it yet."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        model = self.repository.resolve(name, version)
+        model = self.resolve(name, version, label)
+        if signature_name and signature_name != SERVING_SIGNATURE:
+            raise SignatureNotFound(
+                f"Serving signature key \"{signature_name}\" not found. Model '{model.name}' "
+                f'version {model.version} serves "{SERVING_SIGNATURE}" only'
+            )
         signature = model.signature
         rows = signature.validate(signature.conform(inputs))
         names = signature.select_outputs(requested)

@@ -106,7 +106,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         inputs, requested = codec.decode_infer_request(request)
         result = await self._dataplane.infer(
-            request.model_name, request.model_version, inputs, requested, timeout
+            request.model_name, request.model_version, inputs, requested, timeout, protocol="oip"
         )
         return codec.encode_infer_response(
             result.model.name,
