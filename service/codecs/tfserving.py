@@ -81,14 +81,6 @@ _WIRE_DTYPE: dict[str, np.dtype] = {
     "float_val": np.dtype(np.float32),
     "double_val": np.dtype(np.float64),
 }
-# Every repeated value field of TensorProto, so that values sent in a field that does not
-# belong to the dtype are refused rather than ignored.
-_ALL_VALUE_FIELDS = sorted(
-    field.name
-    for field in tensor_pb2.TensorProto.DESCRIPTOR.fields
-    if field.name.endswith("_val") and field.is_repeated
-)
-
 # plexserve's lifecycle states as TF Serving's ModelVersionStatus.State. TF Serving warms a
 # version up inside its load, so WARMING is LOADING; it has no failed state: a version that
 # failed to load is END with an error status.
@@ -131,7 +123,9 @@ def _decode_tensor(name: str, tensor: tensor_pb2.TensorProto) -> np.ndarray:
         raise InvalidInput(f"input '{name}': tensor_shape has unknown_rank; send the shape")
     shape = [dim.size for dim in tensor.tensor_shape.dim]
     field = _VALUE_FIELD[tensor.dtype]
-    sent = [f for f in _ALL_VALUE_FIELDS if len(getattr(tensor, f))]
+    # Every *_val field that holds values, whatever the dtype: values sent in a field that does
+    # not belong to the dtype are refused rather than ignored.
+    sent = [fd.name for fd, _ in tensor.ListFields() if fd.name.endswith("_val")]
     if tensor.tensor_content:
         if sent:
             raise InvalidInput(f"input '{name}' has both tensor_content and {sent[0]}; send one")
