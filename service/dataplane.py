@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from service.errors import ExecutionFailed, ServingError
+from service.errors import ExecutionFailed, ServingError, SignatureNotFound
 from service.metrics import UNKNOWN_MODEL, Metrics
 from service.repository import ModelRepository, ModelVersion
+from service.runner import SERVING_SIGNATURE
 from service.signature import Tensors
 
 access_log = logging.getLogger("plexserve.access")
@@ -46,25 +47,43 @@ class DataPlane:
         self.metrics = metrics
         self.access_log_sample = access_log_sample  # fraction of requests logged, 0 = none
 
+    def resolve(self, name: str, version: str = "", label: str = "") -> ModelVersion:
+        """The version that serves `name` at `version`, or at the version `label` points to
+        (`version_labels` in the model's settings); neither = the newest AVAILABLE version."""
+        if label:
+            return self.repository.resolve_label(name, label)
+        return self.repository.resolve(name, version)
+
     async def infer(
         self,
         name: str,
         version: str,
         decode: Decode,
         timeout: float | None = None,
-        protocol: str = "v2",
+        *,
+        protocol: str,
+        label: str = "",
+        signature_name: str = "",
     ) -> InferResult:
-        """Answer one request for (name, version); "" = the newest available version.
+        """Answer one request for (name, version or label); neither = the newest available.
 
-        `timeout`: seconds the caller still waits (its gRPC deadline); a request still queued
-        when it passes is answered DEADLINE_EXCEEDED without being computed.
+        `decode` is the front end's decoder, called once the model is known. `timeout`: seconds
+        the caller still waits (its gRPC deadline); a request still queued when it passes is
+        answered DEADLINE_EXCEEDED without being computed. `signature_name`: "" or the one
+        signature every version serves (`serving_default`). `protocol` ("v2", "tfserving")
+        labels the request metrics.
         """
         started = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
         model: ModelVersion | None = None
         rows, code = 0, grpc.StatusCode.OK
         try:
-            model = self.repository.resolve(name, version)
+            model = self.resolve(name, version, label)
+            if signature_name and signature_name != SERVING_SIGNATURE:
+                raise SignatureNotFound(
+                    f'Serving signature key "{signature_name}" not found. Model '
+                    f"'{model.name}' version {model.version} serves \"{SERVING_SIGNATURE}\" only"
+                )
             inputs, requested = decode()
             signature = model.signature
             rows = signature.validate(signature.conform(inputs))

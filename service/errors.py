@@ -26,6 +26,18 @@ class ModelNotFound(ServingError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class SignatureNotFound(ServingError):
+    """A signature the model does not serve (TF Serving answers FAILED_PRECONDITION)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unimplemented(ServingError):
+    """A call plexserve does not offer; the message says what to use instead."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class ModelNotReady(ServingError):
     code = grpc.StatusCode.UNAVAILABLE
 

@@ -1,5 +1,6 @@
-"""The composition root: builds the repository, data plane and gRPC front ends, and owns
-start-up, signals and shutdown. Nothing else constructs the world.
+"""The composition root: builds the repository, data plane and gRPC front ends (OIP v2 and TF
+Serving's API, on one port), and owns start-up, signals and shutdown. Nothing else constructs
+the world.
 
 `Server` is created and used inside a running event loop (grpc.aio). Tests run it in-process on
 port 0; `serve` is what `plexserve serve` runs until SIGTERM or SIGINT.
@@ -20,10 +21,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
+from tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from service.dataplane import DataPlane
 from service.errors import ServingError
 from service.grpc.oip import InferenceServicer
+from service.grpc.tfserving import ModelServicer, PredictionServicer
 from service.http import HttpListener
 from service.metrics import Metrics
 from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
@@ -104,10 +112,18 @@ class Server:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, server_version()), self._grpc
         )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.dataplane), self._grpc
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.dataplane), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             [
                 grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+                prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+                model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],

@@ -9,18 +9,18 @@ with the other protocols. Stateless and thread-safe.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from service.codecs.arrays import element_count, from_bytes, from_strings, from_values
 from service.errors import InvalidInput
 from service.proto import grpc_service_pb2 as pb
 from service.proto import model_config_pb2 as config_pb
 from service.settings import BatchingSettings
-from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec, format_shape
+from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
 from service.stats import Duration, ExecutionStats
 
 PLATFORM = "tensorflow_savedmodel"
@@ -51,12 +51,6 @@ _WIRE_DTYPE = {
     "fp64_contents": np.dtype(np.float64),
 }
 _LENGTH = struct.Struct("<I")
-
-
-def _element_count(name: str, shape: Sequence[int]) -> int:
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{name}': shape {format_shape(shape)} has a negative dimension")
-    return math.prod(shape)
 
 
 def _split_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
@@ -93,23 +87,15 @@ def _split_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
 
 
 def _decode_raw(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
-    count = _element_count(name, shape)
     if datatype == "BYTES":
-        return _split_bytes(name, raw, count).reshape(shape)
-    dtype = OIP_DATATYPES[datatype]
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise InvalidInput(
-            f"input '{name}': raw content has {len(raw)} bytes, but shape "
-            f"{format_shape(shape)} of {datatype} needs {expected}"
-        )
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return _split_bytes(name, raw, element_count(name, shape)).reshape(shape)
+    return from_bytes(name, raw, shape, OIP_DATATYPES[datatype], "raw content", datatype)
 
 
 def _decode_typed(
     name: str, datatype: str, shape: list[int], tensor: pb.ModelInferRequest.InferInputTensor
 ) -> np.ndarray:
-    count = _element_count(name, shape)
+    count = element_count(name, shape)
     field = _CONTENTS_FIELD.get(datatype)
     contents = tensor.contents
     stray = [f for f in _CONTENTS_FIELDS if f != field and len(getattr(contents, f))]
@@ -122,29 +108,17 @@ def _decode_typed(
             f"input '{name}': datatype {datatype} cannot be sent in {where}; use {wanted}"
         )
     values = getattr(contents, field)
-    if len(values) != count:
-        raise InvalidInput(
-            f"input '{name}': shape {format_shape(shape)} needs {count} elements, "
-            f"contents.{field} has {len(values)}"
-        )
     if datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
-    # Convert at the wire field's own width, then narrow: numpy would wrap 300 into an INT8
-    # silently, so narrowing conversions are range-checked first.
-    wide = np.array(values, dtype=_WIRE_DTYPE[field])
-    target = OIP_DATATYPES[datatype]
-    if target.kind in "iu" and target.itemsize < wide.dtype.itemsize and wide.size:
-        limits = np.iinfo(target)
-        low, high = wide.min(), wide.max()
-        if low < limits.min or high > limits.max:
-            bad = low if low < limits.min else high
-            raise InvalidInput(
-                f"input '{name}': value {bad} in contents.{field} does not fit "
-                f"{datatype} [{limits.min}, {limits.max}]"
-            )
-    return wide.astype(target, copy=False).reshape(shape)
+        return from_strings(name, values, shape, f"contents.{field}")
+    return from_values(
+        name,
+        values,
+        shape,
+        _WIRE_DTYPE[field],
+        OIP_DATATYPES[datatype],
+        f"contents.{field}",
+        datatype,
+    )
 
 
 def decode_infer_request(request: pb.ModelInferRequest) -> tuple[Tensors, list[str]]:
