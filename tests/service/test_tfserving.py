@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
 )
 
 from service.export import export_model
+from service.proto import grpc_service_pb2 as pb
 from service.repository import ModelState
 from tests.conftest import BUILTINS, DemoModel
 from tests.harness import RunningServer, infer_request, output_arrays
@@ -446,6 +447,24 @@ def test_get_model_status_follows_the_version_state_over_time(
             assert statuses(extra_client, "labelled", version=1)[0][1] == tf_state, state
     finally:
         running.run(set_state(ModelState.AVAILABLE))
+
+
+def test_get_model_status_through_a_version_swap(tmp_path: Path) -> None:
+    """A TF Serving client watching a model while a new version is loaded explicitly: it sees
+    version 1 AVAILABLE, then only version 2 once 1 is unloaded, and Predict follows."""
+    export_model(constant_model(1.0), tmp_path, "swap")
+    running = RunningServer(tmp_path, model_control="explicit", load_models=("swap",))
+    client = TFServingClient(running)
+    try:
+        assert statuses(client, "swap") == [(1, State.AVAILABLE, 0, "")]
+        export_model(constant_model(2.0), tmp_path, "swap")
+        running.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="swap"))
+        assert statuses(client, "swap") == [(2, State.AVAILABLE, 0, "")]
+        response = client.predict("swap", {"x": np.ones((1, 2), np.float32)})
+        assert response.model_spec.version.value == 2
+        assert tf.make_ndarray(response.outputs["y"]).tolist() == [[2.0]]
+    finally:
+        running.close()
 
 
 # --- bad requests: TF Serving's status codes, a message naming the bad thing, serving goes on ---
