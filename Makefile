@@ -9,7 +9,7 @@ HTTP_PORT ?= 8501
 DEMO_MODELS := mlp multi_input inception residual shared_encoder multi_output text_classifier multi_task
 PYTEST_ARGS ?=
 
-.PHONY: install serve test protos lint demo-models clean
+.PHONY: install serve test protos lint demo-models clean image image-test
 
 install: $(STAMP)
 
@@ -41,3 +41,17 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- Deployment (README "Deployment"): the image and the Kubernetes manifests --------------------
+VARIANT ?= cpu
+IMAGE ?= plexserve:$(VARIANT)
+
+# Builds $(IMAGE) (VARIANT=cpu|gpu) with docker when an engine answers, else with buildah.
+# Optional: BASE_IMAGE=..., BUILDAH="buildah --storage-driver vfs", PIP_CA=/path/to/ca-bundle.
+image:
+	VARIANT=$(VARIANT) IMAGE=$(IMAGE) deploy/image/build.sh
+
+# Builds the image with buildah on a local debootstrap base, runs it (non-root, read-only root)
+# and answers ModelInfer from outside; about 3 minutes, needs root. See deploy/image/image-test.sh.
+image-test: $(STAMP)
+	deploy/image/image-test.sh
