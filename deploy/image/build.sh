@@ -2,7 +2,8 @@
 # `make image`: builds the image with docker when an engine answers (`docker info`), else with
 # buildah (installed with apt-get when missing and running as root).
 # Env: VARIANT (cpu|gpu), IMAGE (the tag), BASE_IMAGE (optional), BUILDAH (the buildah command,
-# with storage flags if any), PIP_CA (a CA bundle for pip behind a TLS-inspecting proxy; optional).
+# with storage flags if any), BUILDAH_ISOLATION (default chroot), PIP_CA (a CA bundle for pip
+# behind a TLS-inspecting proxy; optional).
 set -euo pipefail
 
 VARIANT=${VARIANT:-cpu}
@@ -19,6 +20,9 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
 else
     echo "make image: no Docker engine answers; building with buildah"
     "$(dirname "$0")/ensure-tools.sh" buildah
+    # chroot isolation needs no OCI runtime or cgroup set-up, so RUN steps work inside containers
+    # and CI sandboxes too (where crun fails); BUILDAH_ISOLATION=oci restores buildah's default.
+    export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
     echo "make image: $BUILDAH bud ${args[*]} ."
     $BUILDAH bud "${args[@]}" .
 fi
