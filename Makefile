@@ -14,7 +14,7 @@ PERF_MODEL ?= multi_task
 PERF_TARGET ?= localhost:$(GRPC_PORT)
 PERF_ARGS ?= --concurrency-range 1:8:7 --measurement-interval 5000 -s 50 --percentile=99
 
-.PHONY: install serve test protos lint demo-models clean perf
+.PHONY: install serve test protos lint demo-models clean perf tools image image-test deploy-check
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ demo-models: $(STAMP)
 serve: demo-models
 	$(BIN)/plexserve serve --repo $(REPO) --grpc-port $(GRPC_PORT)
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Regenerates service/proto/ from protos/*.proto (the test suite fails when they differ).
@@ -62,4 +62,33 @@ $(PERF_VENV)/.installed-stamp:
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(PERF_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PERF_VENV) $(TOOLS_VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- Deployment (README "Deployment"): the image and the Kubernetes manifests --------------------
+TOOLS_VENV := .tools-venv
+TOOLS_STAMP := $(TOOLS_VENV)/.installed-stamp
+VARIANT ?= cpu
+IMAGE ?= plexserve:$(VARIANT)
+
+# hadolint, shellcheck and kubernetes-validate, in their own venv: never in requirements.lock.
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): deploy/tools-requirements.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/tools-requirements.txt
+	touch $(TOOLS_STAMP)
+
+# Builds $(IMAGE) (VARIANT=cpu|gpu) with docker when an engine answers, else with buildah.
+# Optional: BASE_IMAGE=..., BUILDAH="buildah --storage-driver vfs", PIP_CA=/path/to/ca-bundle.
+image:
+	VARIANT=$(VARIANT) IMAGE=$(IMAGE) deploy/image/build.sh
+
+# Builds the image with buildah on a local debootstrap base, runs it (non-root, read-only root)
+# and answers ModelInfer from outside; 3-5 minutes, needs root. See deploy/image/image-test.sh.
+image-test: $(STAMP)
+	deploy/image/image-test.sh
+
+# Renders and validates the Kubernetes manifests, lints the Dockerfile and scripts (tests/deploy).
+deploy-check: $(STAMP) tools
+	@command -v kubectl >/dev/null || echo "deploy-check: kubectl is not installed: the rendering tests will skip"
+	$(BIN)/python -m pytest -q tests/deploy $(PYTEST_ARGS)

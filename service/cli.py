@@ -94,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         intra_op_threads=args.tf_intra_op_threads,
         inter_op_threads=args.tf_inter_op_threads,
         http_port=args.http_port,
+        max_connection_age=args.max_connection_age,
         ready_when=args.ready_when,
         access_log_sample=args.access_log_sample,
         model_control=args.model_control,
@@ -181,6 +182,14 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
     sub.add_argument("--http-port", type=int, default=8501, help="/metrics and HTTP health")
+    sub.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close client connections after this long (gracefully), so round-robin clients "
+        "find new replicas; 0: never",
+    )
     sub.add_argument(
         "--ready-when",
         choices=["all", "any"],

@@ -89,6 +89,7 @@ def export_model(model: Any, repository: Path, name: str, version: int | None = 
     if target.exists():
         raise ExportError(f"{target} already exists: versions are immutable, build a new one")
     staging = Path(tempfile.mkdtemp(prefix=f".building-{version}-", dir=model_dir))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server run as another user
     try:
         model.export(str(staging), format="tf_saved_model", verbose=False)
         signature = load_signature(staging)

@@ -54,6 +54,9 @@ class ServerSettings:
     grpc_port: int = 8500
     max_message_bytes: int = 64 * 1024 * 1024
     grace_period: float = 25.0
+    # Connections older than this are closed gracefully (GOAWAY), so clients that balance
+    # round-robin over a headless Service reconnect and find pods added since. 0: never.
+    max_connection_age: float = 300.0
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     http_port: int | None = 8501  # None: no HTTP listener
@@ -103,12 +106,17 @@ class Server:
         """Listen first (health answers NOT_SERVING while models load), then load every model."""
         configure_tensorflow(self.settings.intra_op_threads, self.settings.inter_op_threads)
         limit = self.settings.max_message_bytes
-        self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+        if self.settings.max_connection_age:
+            age_ms = int(self.settings.max_connection_age * 1000)
+            options += [
+                ("grpc.max_connection_age_ms", age_ms),
+                ("grpc.max_connection_age_grace_ms", int(self.settings.grace_period * 1000)),
             ]
-        )
+        self._grpc = grpc.aio.server(options=options)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, server_version()), self._grpc
         )

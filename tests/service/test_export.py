@@ -81,3 +81,9 @@ def test_the_scanner_ignores_what_an_interrupted_build_leaves(tmp_path: Path) ->
     (tmp_path / "m" / "notes.txt").write_text("stray file")
     (tmp_path / "m" / "3").mkdir()  # a version folder without a SavedModel
     assert scan(tmp_path) == {"m": [1]}
+
+
+def test_a_version_is_readable_by_other_users(tmp_path: Path) -> None:
+    """A server often runs as another user than the build (a container's non-root user)."""
+    exported = export_model(tiny(), tmp_path, "m")
+    assert exported.path.stat().st_mode & 0o777 == 0o755

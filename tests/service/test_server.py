@@ -1,0 +1,31 @@
+"""Server-wide behaviour: connection ageing for round-robin clients."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.export import export_model
+from tests.harness import RunningServer, infer_request, output_arrays
+from tests.service.test_lifecycle import constant_model
+
+
+def test_requests_keep_succeeding_across_connection_ageing(tmp_path: Path) -> None:
+    """Connections are closed after --max-connection-age so clients re-resolve and spread over
+    new replicas; a client sending through several such closes sees no failure."""
+    export_model(constant_model(1.0), tmp_path, "m")
+    server = RunningServer(tmp_path, max_connection_age=0.2, grace_period=1.0)
+    try:
+        answered = 0
+        until = time.monotonic() + 1.5  # several connection lifetimes
+        while time.monotonic() < until:
+            response = server.stub.ModelInfer(
+                infer_request("m", {"x": np.ones((1, 2), np.float32)}), timeout=10
+            )
+            assert output_arrays(response)["y"].tolist() == [[1.0]]
+            answered += 1
+        assert answered > 10
+    finally:
+        server.close()
