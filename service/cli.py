@@ -34,6 +34,12 @@ def _registry(modules: Sequence[str]):  # type: ignore[no-untyped-def]
     return default_registry
 
 
+def _device(text: str) -> str:
+    if text in ("auto", "cpu") or (text.startswith("gpu:") and text[4:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu or gpu:N")
+
+
 def cmd_builders(args: argparse.Namespace) -> int:
     for builder in _registry(args.builders_module):
         print(f"{builder.name}: {builder.summary}")
@@ -91,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         grpc_port=args.grpc_port,
         grace_period=args.grace_period,
+        device=args.device,
         intra_op_threads=args.tf_intra_op_threads,
         inter_op_threads=args.tf_inter_op_threads,
         http_port=args.http_port,
@@ -225,6 +232,12 @@ def parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--instances", type=int, help="concurrent executions per model version")
     group = sub.add_argument_group("TensorFlow")
+    group.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        help="auto (TensorFlow's choice: the first GPU if any), cpu, or gpu:N",
+    )
     group.add_argument("--tf-intra-op-threads", type=int, default=0, help="0: TensorFlow's default")
     group.add_argument("--tf-inter-op-threads", type=int, default=0, help="0: TensorFlow's default")
     sub.set_defaults(run=cmd_serve)

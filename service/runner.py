@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from service.errors import InvalidInput, QueueDeadlineExceeded, UnsupportedModel
+from service.settings import SettingsError
 from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
 from service.stats import ExecutionObserver
 
@@ -29,15 +30,29 @@ SERVING_SIGNATURE = "serving_default"
 _SUPPORTED = set(OIP_DATATYPES.values())
 
 
-def configure_tensorflow(intra_op_threads: int = 0, inter_op_threads: int = 0) -> list[str]:
+def configure_tensorflow(
+    intra_op_threads: int = 0, inter_op_threads: int = 0, device: str = "auto"
+) -> list[str]:
     """Process-wide TensorFlow set-up; call once, before the first model loads.
 
-    On a GPU, memory growth is turned on so that TensorFlow does not reserve all device memory at
-    the first call (several model versions share the device during a swap). Thread counts of 0
-    keep TensorFlow's defaults. Returns the GPUs found (placement is TensorFlow's own: ops go to
-    the first GPU when there is one).
+    `device`: "auto" leaves placement to TensorFlow (ops go to the first GPU when there is one),
+    "cpu" hides every GPU, "gpu:N" leaves only GPU N visible (SettingsError when there is no GPU
+    N). On a GPU, memory growth is turned on so that TensorFlow does not reserve all device
+    memory at the first call (several model versions share the device during a swap). Thread
+    counts of 0 keep TensorFlow's defaults. Returns the GPUs in use.
     """
     gpus = tf.config.list_physical_devices("GPU")
+    if device == "cpu" and gpus:
+        tf.config.set_visible_devices([], "GPU")
+        gpus = []
+    elif device.startswith("gpu:"):
+        index = int(device.removeprefix("gpu:"))
+        if index >= len(gpus):
+            raise SettingsError(
+                f"--device {device}: this machine has {len(gpus)} GPU(s) visible to TensorFlow"
+            )
+        tf.config.set_visible_devices([gpus[index]], "GPU")
+        gpus = [gpus[index]]
     for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)

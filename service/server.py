@@ -59,6 +59,7 @@ class ServerSettings:
     max_connection_age: float = 300.0
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    device: str = "auto"  # auto | cpu | gpu:N
     http_port: int | None = 8501  # None: no HTTP listener
     ready_when: str = "all"  # all: every expected model AVAILABLE; any: at least one
     access_log_sample: float = 0.0
@@ -104,7 +105,10 @@ class Server:
 
     async def start(self) -> None:
         """Listen first (health answers NOT_SERVING while models load), then load every model."""
-        configure_tensorflow(self.settings.intra_op_threads, self.settings.inter_op_threads)
+        gpus = configure_tensorflow(
+            self.settings.intra_op_threads, self.settings.inter_op_threads, self.settings.device
+        )
+        log.info("TensorFlow devices: %s", ", ".join(gpus) or "CPU only")
         limit = self.settings.max_message_bytes
         options = [
             ("grpc.max_receive_message_length", limit),

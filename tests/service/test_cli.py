@@ -108,3 +108,28 @@ def test_serve_refuses_a_bad_server_config_naming_field_and_value(
     assert main(["serve", "--repo", str(tmp_path), "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "server.yaml model_defaults: batching.max_queue_delay_us: 'soon'" in err
+
+
+def test_serve_refuses_a_gpu_this_machine_does_not_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No machine here has a GPU: asking for one is refused at start, naming the flag."""
+    assert (
+        main(
+            [
+                "serve",
+                "--repo",
+                str(tmp_path),
+                "--device",
+                "gpu:3",
+                "--grpc-port",
+                "0",
+                "--http-port",
+                "0",
+            ]
+        )
+        == 2
+    )
+    assert "--device gpu:3: this machine has 0 GPU(s)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--device", "tpu"])
