@@ -238,8 +238,19 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (TensorFlow's choice: the first GPU if any), cpu, or gpu:N",
     )
-    group.add_argument("--tf-intra-op-threads", type=int, default=0, help="0: TensorFlow's default")
-    group.add_argument("--tf-inter-op-threads", type=int, default=0, help="0: TensorFlow's default")
+    group.add_argument(
+        "--tf-intra-op-threads",
+        type=int,
+        default=None,
+        help="threads inside one TensorFlow op (default: all cores but one, left to the gRPC "
+        "front end; 0: TensorFlow's default, every core)",
+    )
+    group.add_argument(
+        "--tf-inter-op-threads",
+        type=int,
+        default=1,
+        help="ops run concurrently (default 1; 0: TensorFlow's default)",
+    )
     sub.set_defaults(run=cmd_serve)
 
     from service.bench.options import add_arguments as add_bench_arguments

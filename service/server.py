@@ -57,8 +57,8 @@ class ServerSettings:
     # Connections older than this are closed gracefully (GOAWAY), so clients that balance
     # round-robin over a headless Service reconnect and find pods added since. 0: never.
     max_connection_age: float = 300.0
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
+    intra_op_threads: int | None = None  # None: all cores but one; 0: TensorFlow's default
+    inter_op_threads: int = 1
     device: str = "auto"  # auto | cpu | gpu:N
     http_port: int | None = 8501  # None: no HTTP listener
     ready_when: str = "all"  # all: every expected model AVAILABLE; any: at least one
