@@ -458,17 +458,26 @@ def test_message_larger_than_the_limit_is_resource_exhausted(server: RunningServ
 def test_concurrent_requests_each_get_their_own_numbers(
     server: RunningServer, demo_models: dict[str, DemoModel]
 ) -> None:
-    """32 clients at once on the batched multi_task model: whatever batches form, every request
-    gets exactly the rows the Keras model computes for its own inputs."""
+    """200 requests at once, distinct inputs, 1 to 5 rows each, on the batched multi_task model:
+    whatever batches form, every request gets exactly what the model computes for its own rows
+    alone (no cross-talk), and the counters show executions that merged several requests."""
     model = demo_models["multi_task"]
-    samples = [model.sample(rows=1 + i % 3, seed=100 + i) for i in range(32)]
-    futures = [server.stub.ModelInfer.future(infer_request("multi_task", s)) for s in samples]
-    for sample, future in zip(samples, futures, strict=True):
-        got = output_arrays(future.result())
-        for output, values in model.predict(sample).items():
-            np.testing.assert_allclose(got[output], values, atol=ATOL, err_msg=output)
     stats = server.server.repository.resolve("multi_task").stats
-    assert stats.rows >= sum(len(s["numeric"]) for s in samples)
+    executions, merged = stats.executions, stats.compute_per_request.count
+    samples = [model.sample(rows=1 + i % 5, seed=100 + i) for i in range(200)]
+    futures = [server.stub.ModelInfer.future(infer_request("multi_task", s)) for s in samples]
+    # the reference: one Keras call over every row, cut back into the requests' rows
+    expected = model.predict({n: np.concatenate([s[n] for s in samples]) for n in samples[0]})
+    offset = 0
+    for sample, future in zip(samples, futures, strict=True):
+        got, rows = output_arrays(future.result()), len(sample["numeric"])
+        for output, values in expected.items():
+            np.testing.assert_allclose(
+                got[output], values[offset : offset + rows], atol=ATOL, err_msg=output
+            )
+        offset += rows
+    assert stats.compute_per_request.count - merged == 200  # every request executed once
+    assert stats.executions - executions < 200  # some executions carried several requests
 
 
 def test_a_request_larger_than_max_batch_size_gives_the_keras_numbers(
