@@ -36,7 +36,7 @@ from service.http import HttpListener
 from service.metrics import Metrics
 from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from service.repository import ModelRepository, ModelState, ModelVersion
-from service.runner import configure_tensorflow
+from service.runner import configure_tensorflow, freeze_startup_objects
 from service.settings import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class Server:
             self.settings.intra_op_threads, self.settings.inter_op_threads, self.settings.device
         )
         log.info("TensorFlow devices: %s", ", ".join(gpus) or "CPU only")
+        log.info("froze %d start-up objects out of the garbage collector", freeze_startup_objects())
         limit = self.settings.max_message_bytes
         options = [
             ("grpc.max_receive_message_length", limit),
