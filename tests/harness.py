@@ -1,16 +1,19 @@
-"""Test harness: a real plexserve Server in this process, on port 0, on its own event loop thread,
-and a minimal OIP client encoding written independently of the server's codec."""
+"""Test harness: a real plexserve Server in this process, on port 0, on its own event loop thread;
+a minimal OIP client encoding written independently of the server's codec; a tiny model whose
+output says which version answered; and waiting for a condition the test caused."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
 import threading
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import keras
 import numpy as np
 
 from service.proto import grpc_service_pb2 as pb
@@ -121,3 +124,20 @@ def output_arrays(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
                 tuple(tensor.shape)
             )
     return arrays
+
+
+def constant_model(value: float) -> keras.Model:
+    """y = value for any x: tells which version answered."""
+    x = keras.Input((2,), name="x")
+    y = keras.layers.Dense(
+        1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(value)
+    )(x)
+    return keras.Model({"x": x}, {"y": y})
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Wait for a state the test caused (not a race: it fails only if it never comes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

@@ -5,38 +5,19 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import keras
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.export import export_model
 from service.proto import grpc_service_pb2 as pb
-from tests.harness import RunningServer, infer_request, output_arrays
+from tests.harness import RunningServer, constant_model, infer_request, output_arrays, wait_until
 
 X = np.ones((1, 2), np.float32)
-
-
-def constant_model(value: float) -> keras.Model:
-    """y = value for any x: tells which version answered."""
-    x = keras.Input((2,), name="x")
-    y = keras.layers.Dense(
-        1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(value)
-    )(x)
-    return keras.Model({"x": x}, {"y": y})
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
-    """Wait for a state the test caused (not a race: it fails only if it never comes)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def index(server: RunningServer) -> set[tuple[str, str, str]]:

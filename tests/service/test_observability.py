@@ -24,8 +24,7 @@ from service.logs import JsonFormatter
 from service.proto import grpc_service_pb2 as pb
 from service.repository import load_runner
 from service.server import Server, ServerSettings
-from tests.harness import LOCAL_PORT_0, RunningServer, infer_request, output_arrays
-from tests.service.test_lifecycle import wait_until
+from tests.harness import LOCAL_PORT_0, RunningServer, infer_request, output_arrays, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -6,23 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import keras
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.export import export_model
 from service.proto import grpc_service_pb2 as pb
-from tests.harness import RunningServer, infer_request, output_arrays
-
-
-def constant_model(value: float) -> keras.Model:
-    """y = x * 0 + value: tells which version answered."""
-    x = keras.Input((2,), name="x")
-    y = keras.layers.Dense(
-        1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(value)
-    )(x)
-    return keras.Model({"x": x}, {"y": y})
+from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from service.export import export_model
-from tests.harness import RunningServer, infer_request, output_arrays
-from tests.service.test_lifecycle import constant_model
+from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 
 
 def test_requests_keep_succeeding_across_connection_ageing(tmp_path: Path) -> None:

@@ -32,8 +32,7 @@ from service.export import export_model
 from service.proto import grpc_service_pb2 as pb
 from service.repository import ModelState
 from tests.conftest import BUILTINS, DemoModel
-from tests.harness import RunningServer, infer_request, output_arrays
-from tests.service.test_repository import constant_model
+from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 
 ATOL = 1e-5
 State = get_model_status_pb2.ModelVersionStatus.State
