@@ -30,7 +30,7 @@ demo-models: $(STAMP)
 	if [ -n "$$missing" ]; then $(BIN)/plexserve build $$missing --repo $(REPO); fi
 
 serve: demo-models
-	$(BIN)/plexserve serve --repo $(REPO) --grpc-port $(GRPC_PORT)
+	$(BIN)/plexserve serve --repo $(REPO) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
 test: lint tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
