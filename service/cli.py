@@ -171,7 +171,9 @@ def parser() -> argparse.ArgumentParser:
         "--grace-period",
         type=float,
         default=25.0,
-        help="seconds running requests get to finish after SIGTERM",
+        help="after SIGTERM or SIGINT: seconds the requests already queued or running get to "
+        "finish (new ones are refused UNAVAILABLE); keep it under the pod's "
+        "terminationGracePeriodSeconds minus its preStop. A second signal exits at once",
     )
     sub.add_argument(
         "--model-control",
