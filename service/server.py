@@ -47,6 +47,7 @@ from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from service.repository import ModelRepository, ModelState, ModelVersion
 from service.runner import configure_tensorflow
 from service.settings import ServerConfig
+from service.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class ServerSettings:
     model_control: str = "none"  # none | poll | explicit
     poll_interval: float = 5.0
     load_models: tuple[str, ...] = ()  # explicit mode: loaded at start
+    tls: TlsFiles | None = None  # None: plaintext gRPC (HTTP is always plain)
 
 
 def server_version() -> str:
@@ -117,6 +119,7 @@ class Server:
 
     async def start(self) -> None:
         """Listen first (health answers NOT_SERVING while models load), then load every model."""
+        credentials = server_credentials(self.settings.tls) if self.settings.tls else None
         configure_tensorflow(self.settings.intra_op_threads, self.settings.inter_op_threads)
         limit = self.settings.max_message_bytes
         options = [
@@ -151,10 +154,16 @@ class Server:
             self._grpc,
         )
         address = f"{self.settings.host}:{self.settings.grpc_port}"
-        self.grpc_port = self._grpc.add_insecure_port(address)
+        if credentials is None:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+            security = "plaintext"
+        else:
+            self.grpc_port = self._grpc.add_secure_port(address, credentials)
+            mutual = self.settings.tls is not None and self.settings.tls.client_ca is not None
+            security = "TLS, client certificates required" if mutual else "TLS"
         await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
         await self._grpc.start()
-        log.info("gRPC listening on %s:%d", self.settings.host, self.grpc_port)
+        log.info("gRPC listening on %s:%d (%s)", self.settings.host, self.grpc_port, security)
         if self.settings.http_port is not None:
             await self.http.start(self.settings.host, self.settings.http_port)
         await self._load_models()
@@ -248,7 +257,7 @@ async def serve(settings: ServerSettings) -> None:
     await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
     if starting.done():
         try:
-            starting.result()  # a port in use: the error ends `serve`
+            starting.result()  # a bad TLS file, a port in use: the error ends `serve`
         except BaseException:
             signalled.cancel()
             await server.stop(grace=0)
