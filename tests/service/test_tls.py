@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,6 +151,19 @@ def test_mutual_tls_serves_only_clients_with_a_certificate_the_ca_signed(
 ) -> None:
     with tls_channel(mtls_server, pki.ca, pki.client) as channel:
         assert infer(channel) == [[3.0]]
+    # tritonclient's own TLS arguments (in a subprocess: its protos clash with ours in-process)
+    client = (
+        "import sys, tritonclient.grpc as t\n"
+        "c = t.InferenceServerClient(sys.argv[1], ssl=True, root_certificates=sys.argv[2],\n"
+        "    private_key=sys.argv[3], certificate_chain=sys.argv[4])\n"
+        "print(c.is_server_ready(), c.is_model_ready('m'))\n"
+    )
+    address = f"localhost:{mtls_server.server.grpc_port}"
+    paths = [str(p) for p in (pki.ca, pki.client[1], pki.client[0])]
+    finished = subprocess.run(
+        [sys.executable, "-c", client, address, *paths], capture_output=True, text=True, timeout=60
+    )
+    assert finished.stdout.split() == ["True", "True"], finished.stderr
     assert refused(tls_channel(mtls_server, pki.ca)) is grpc.StatusCode.UNAVAILABLE
     assert refused(tls_channel(mtls_server, pki.ca, pki.stranger)) is grpc.StatusCode.UNAVAILABLE
     plaintext = grpc.insecure_channel(f"localhost:{mtls_server.server.grpc_port}")
