@@ -77,7 +77,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.server import ServerSettings, serve
     from service.settings import ServerConfig
+    from service.tls import tls_files
 
+    tls = tls_files(args.tls_cert, args.tls_key, args.tls_client_ca)
     _registry(args.builders_module)
     batching = {
         key: value
@@ -107,6 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_control=args.model_control,
         poll_interval=args.poll_interval,
         load_models=tuple(args.load_model),
+        tls=tls,
     )
     asyncio.run(serve(settings))
     return 0
@@ -178,7 +181,11 @@ def parser() -> argparse.ArgumentParser:
         "--grace-period",
         type=float,
         default=25.0,
-        help="seconds running requests get to finish after SIGTERM",
+        metavar="SECONDS",
+        help="after SIGTERM or SIGINT: seconds the requests already queued or running get to "
+        "finish (new ones are refused UNAVAILABLE), then exit 0; keep it under the pod's "
+        "terminationGracePeriodSeconds minus its preStop. A second signal exits at once "
+        "(status 128 + the signal's number: 143 for SIGTERM)",
     )
     sub.add_argument(
         "--model-control",
@@ -231,6 +238,20 @@ def parser() -> argparse.ArgumentParser:
         "--max-queue-size", type=int, metavar="ROWS", help="rows queued before 'queue full'"
     )
     group.add_argument("--instances", type=int, help="concurrent executions per model version")
+    group = sub.add_argument_group(
+        "TLS (the gRPC port only: the HTTP port stays plain, for probes and scrapes)"
+    )
+    group.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="PEM certificate (chain) of the server"
+    )
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA certificates: clients must present a certificate one of them signed "
+        "(mutual TLS)",
+    )
     group = sub.add_argument_group("TensorFlow")
     group.add_argument(
         "--device",

@@ -5,6 +5,9 @@ request refused while decoding is counted like any other), validate the inputs a
 signature, run, check and select the outputs, and count the outcome (Prometheus metrics and the
 version's own statistics). Knows no protobuf and no front end: tensors are
 `dict[str, numpy.ndarray]` keyed by the signature's names. Used from the event loop.
+
+Shutdown: after `refuse_new_requests()`, every new request is answered UNAVAILABLE (ShuttingDown)
+and `drain()` waits for the ones already accepted (queued in a batcher or running) to be answered.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from service.errors import ExecutionFailed, ServingError, SignatureNotFound
+from service.errors import ExecutionFailed, ServingError, ShuttingDown, SignatureNotFound
 from service.metrics import UNKNOWN_MODEL, Metrics
 from service.repository import ModelRepository, ModelVersion
 from service.runner import SERVING_SIGNATURE
@@ -46,6 +49,25 @@ class DataPlane:
         self.repository = repository
         self.metrics = metrics
         self.access_log_sample = access_log_sample  # fraction of requests logged, 0 = none
+        self.accepting = True
+        self.inflight = 0  # accepted requests not answered yet
+        self._idle: asyncio.Event | None = None  # set when inflight drops to 0 while draining
+
+    def refuse_new_requests(self) -> None:
+        """From now on `infer` answers UNAVAILABLE at once; requests already accepted go on."""
+        self.accepting = False
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for the accepted requests to be answered; return how many
+        are still running (0: all answered)."""
+        if self.inflight:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(timeout, 0))
+            except TimeoutError:
+                pass
+        return self.inflight
 
     def resolve(self, name: str, version: str = "", label: str = "") -> ModelVersion:
         """The version that serves `name` at `version`, or at the version `label` points to
@@ -77,7 +99,13 @@ class DataPlane:
         deadline = None if timeout is None else time.monotonic() + timeout
         model: ModelVersion | None = None
         rows, code = 0, grpc.StatusCode.OK
+        self.inflight += 1
         try:
+            if not self.accepting:
+                raise ShuttingDown(
+                    "the server is shutting down and takes no new requests: send them to "
+                    "another replica"
+                )
             model = self.resolve(name, version, label)
             if signature_name and signature_name != SERVING_SIGNATURE:
                 raise SignatureNotFound(
@@ -109,6 +137,9 @@ class DataPlane:
             code = grpc.StatusCode.INTERNAL
             raise
         finally:
+            self.inflight -= 1
+            if self.inflight == 0 and self._idle is not None:
+                self._idle.set()
             seconds = time.perf_counter() - started
             if model is not None:
                 model.stats.observe_request(code is grpc.StatusCode.OK, rows, seconds)

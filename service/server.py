@@ -4,13 +4,22 @@ the world.
 
 `Server` is created and used inside a running event loop (grpc.aio). Tests run it in-process on
 port 0; `serve` is what `plexserve serve` runs until SIGTERM or SIGINT.
+
+Shutdown (`Server.stop`), in order: health and readiness go NOT_SERVING and the data plane
+refuses new inference requests (UNAVAILABLE "shutting down") while the gRPC port stays open, so
+clients hear why; the requests already accepted (queued in a batcher or running) get the grace
+period to be answered; then the gRPC server stops, cancelling whatever still runs (its clients see
+UNAVAILABLE "Cancelling all calls"); then HTTP stops and the models unload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -38,11 +47,16 @@ from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from service.repository import ModelRepository, ModelState, ModelVersion
 from service.runner import configure_tensorflow, freeze_startup_objects
 from service.settings import ServerConfig
+from service.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Once the last accepted request is answered, the gRPC server gets this long to send the last
+# responses and to end the calls that never end by themselves (health Watch streams, an idle
+# ModelStreamInfer) before it cancels them: a drained server exits in about this time.
+FLUSH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class ServerSettings:
     model_control: str = "none"  # none | poll | explicit
     poll_interval: float = 5.0
     load_models: tuple[str, ...] = ()  # explicit mode: loaded at start
+    tls: TlsFiles | None = None  # None: plaintext gRPC (HTTP is always plain)
 
 
 def server_version() -> str:
@@ -105,6 +120,7 @@ class Server:
 
     async def start(self) -> None:
         """Listen first (health answers NOT_SERVING while models load), then load every model."""
+        credentials = server_credentials(self.settings.tls) if self.settings.tls else None
         gpus = configure_tensorflow(
             self.settings.intra_op_threads, self.settings.inter_op_threads, self.settings.device
         )
@@ -143,10 +159,16 @@ class Server:
             self._grpc,
         )
         address = f"{self.settings.host}:{self.settings.grpc_port}"
-        self.grpc_port = self._grpc.add_insecure_port(address)
+        if credentials is None:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+            security = "plaintext"
+        else:
+            self.grpc_port = self._grpc.add_secure_port(address, credentials)
+            mutual = self.settings.tls is not None and self.settings.tls.client_ca is not None
+            security = "TLS, client certificates required" if mutual else "TLS"
         await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
         await self._grpc.start()
-        log.info("gRPC listening on %s:%d", self.settings.host, self.grpc_port)
+        log.info("gRPC listening on %s:%d (%s)", self.settings.host, self.grpc_port, security)
         if self.settings.http_port is not None:
             await self.http.start(self.settings.host, self.settings.http_port)
         await self._load_models()
@@ -186,34 +208,68 @@ class Server:
             await self._health.set(name, SERVING if ready else NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health goes NOT_SERVING at once; running requests get `grace` seconds to finish."""
+        """Health NOT_SERVING and new requests refused at once; the accepted ones get `grace`
+        seconds (default: the grace period) to be answered, then whatever runs is cancelled."""
+        grace = self.settings.grace_period if grace is None else grace
+        started = time.monotonic()
         self._stopping = True
+        self.dataplane.refuse_new_requests()
         await self._health.enter_graceful_shutdown()
         for task in self._background:
             task.cancel()
+        if self.dataplane.inflight:
+            log.info(
+                "shutdown: %d requests queued or running, waiting up to %.1f s for them",
+                self.dataplane.inflight,
+                grace,
+            )
+        left = await self.dataplane.drain(grace)
+        if left:
+            log.warning(
+                "shutdown: the grace period (%.1f s) is over, cancelling %d requests", grace, left
+            )
         if self._grpc is not None:
-            await self._grpc.stop(self.settings.grace_period if grace is None else grace)
+            remaining = grace - (time.monotonic() - started)
+            await self._grpc.stop(min(max(remaining, 0.0), FLUSH_SECONDS))
         await self.http.stop()
         await self.repository.close()
+        log.info("shutdown: done in %.1f s", time.monotonic() - started)
 
 
 async def serve(settings: ServerSettings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully (`Server.stop`); a signal during
+    start-up stops the model loads. A second signal exits at once, status 128 + its number."""
     server = Server(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
         if stopping.is_set():
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
-            raise SystemExit(1)
-        log.info(
-            "%s: shutting down (grace %.0f s)", signal.Signals(signum).name, settings.grace_period
-        )
+            log.warning("second %s: exiting now, without waiting for running requests", name)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            # Not SystemExit: asyncio.run would then wait for the tasks and the TensorFlow
+            # threads it cancels, which is what the second signal is meant to skip.
+            os._exit(128 + signum)
+        log.info("%s: shutting down (grace period %g s)", name, settings.grace_period)
         stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await server.start()
-    await stopping.wait()
+    starting = asyncio.create_task(server.start())
+    signalled = asyncio.create_task(stopping.wait())
+    await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        try:
+            starting.result()  # a bad TLS file, a port in use: the error ends `serve`
+        except BaseException:
+            signalled.cancel()
+            await server.stop(grace=0)
+            raise
+        await signalled
+    else:
+        starting.cancel()  # loads already running on threads finish; no new one starts
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
     await server.stop()

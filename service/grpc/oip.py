@@ -43,7 +43,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._repository.ready())
+        # not ready once shutdown begins, like grpc.health.v1 and /v2/health/ready
+        return pb.ServerReadyResponse(ready=self._dataplane.accepting and self._repository.ready())
 
     @grpc_errors
     async def ModelReady(

@@ -299,6 +299,13 @@ def test_tls_component_turns_tls_on_and_moves_the_probes_to_plain_http(
     args = flags(server["args"])
     assert args["tls-cert"] == "/etc/plexserve/tls/tls.crt"
     assert args["tls-key"] == "/etc/plexserve/tls/tls.key"
+    from service.cli import parser  # the server's own flags take them
+
+    parsed, unknown = parser().parse_known_args(server["args"])
+    assert unknown == [] and (parsed.tls_cert, parsed.tls_key) == (
+        Path(args["tls-cert"]),
+        Path(args["tls-key"]),
+    )
     mount = next(m for m in server["volumeMounts"] if m["name"] == "tls")
     assert mount["mountPath"] == "/etc/plexserve/tls" and mount["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == "tls")

@@ -1,0 +1,271 @@
+"""Graceful shutdown (service/server.py: `serve` and `Server.stop`): real signals sent to a
+`plexserve serve` subprocess, and the end of the grace period in-process.
+
+The model is slow on purpose: batching caps executions at 8 rows, so a request of BLOCKER_ROWS
+rows runs as hundreds of executions (a second or more), and requests sent after it wait behind
+it in the batcher's queue. Conditions are waited for (log lines, health Watch, the in-flight
+gauge), never slept for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from service.export import export_model
+from service.proto import grpc_service_pb2 as pb
+from service.proto import grpc_service_pb2_grpc as pb_grpc
+from tests.harness import RunningServer, infer_request, output_arrays
+from tests.service.test_lifecycle import wait_until
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+BLOCKER_ROWS = 16_000  # 2000 executions of 8 rows: about 2 s here, more on a busy machine
+IN_FLIGHT = 50
+STARTUP_SECONDS = 120
+
+
+def slow_model() -> keras.Model:
+    x = keras.Input((64,), name="x")
+    hidden = keras.layers.Dense(1024, activation="relu")(x)
+    hidden = keras.layers.Dense(1024, activation="relu")(hidden)
+    return keras.Model({"x": x}, {"y": keras.layers.Dense(1)(hidden)})
+
+
+def rows(count: int) -> dict[str, np.ndarray]:
+    return {"x": np.full((count, 64), 0.5, np.float32)}
+
+
+@pytest.fixture(scope="module")
+def slow_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """The repository and the value the model returns for every row of `rows`."""
+    root = tmp_path_factory.mktemp("slow")
+    model = slow_model()
+    export_model(model, root, "slow")
+    (root / "slow" / "config.yaml").write_text(
+        "batching: {max_batch_size: 8, max_queue_size: 200000}\n"
+    )
+    expected = float(np.asarray(model(rows(1))["y"])[0, 0])
+    return root, expected
+
+
+def plexserve_command() -> list[str]:
+    script = shutil.which("plexserve", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "service"]
+
+
+class ServeProcess:
+    """`plexserve serve` on free ports; its log lines are collected as they come."""
+
+    def __init__(self, repository: Path, *flags: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                *plexserve_command(),
+                "serve",
+                f"--repo={repository}",
+                "--host=127.0.0.1",
+                "--grpc-port=0",
+                "--http-port=0",
+                *flags,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.grpc_port = int(self.wait_for_line(r"gRPC listening on [\d.]+:(\d+)").group(1))
+        self.http_port = int(self.wait_for_line(r"HTTP listening on [\d.]+:(\d+)").group(1))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append("<EOF>")
+            self._changed.notify_all()
+
+    def wait_for_line(self, pattern: str, timeout: float = STARTUP_SECONDS) -> re.Match[str]:
+        """The first log line matching `pattern` (fails if the process ends without one)."""
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            return next(filter(None, map(regex.search, self.lines)), None)
+
+        with self._changed:
+            ended = self._changed.wait_for(lambda: found() or "<EOF>" in self.lines, timeout)
+            match = found()
+            assert match, f"no log line matches {pattern!r}; log:\n" + "\n".join(self.lines)
+            assert ended
+            return match
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`."""
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.http_port}/metrics", timeout=10
+        ).read()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+            if s.name == name and labels.items() <= s.labels.items()
+        )
+
+    def inflight(self) -> float:
+        return self.metric("plexserve_inflight_requests")
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        self._reader.join(10)
+
+
+@pytest.fixture
+def serve_process(slow_repository: tuple[Path, float]) -> Iterator[Any]:
+    started: list[ServeProcess] = []
+
+    def start(*flags: str) -> ServeProcess:
+        started.append(ServeProcess(slow_repository[0], *flags))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.close()
+
+
+def test_sigterm_answers_the_requests_in_flight_refuses_new_ones_and_exits_0(
+    serve_process: Any, slow_repository: tuple[Path, float]
+) -> None:
+    grace = 20.0
+    server: ServeProcess = serve_process(f"--grace-period={grace:g}")
+    watch = server.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    assert next(s.status for s in watch if s.status == SERVING) == SERVING
+
+    # One long request runs; 49 short ones queue behind it in the batcher.
+    blocker = server.stub.ModelInfer.future(infer_request("slow", rows(BLOCKER_ROWS)), timeout=60)
+    wait_until(lambda: server.inflight() == 1)
+    queued = [
+        server.stub.ModelInfer.future(infer_request("slow", rows(16)), timeout=60)
+        for _ in range(IN_FLIGHT - 1)
+    ]
+    wait_until(lambda: server.inflight() == IN_FLIGHT)
+
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert next(watch).status == NOT_SERVING
+    assert server.health.Check(health_pb2.HealthCheckRequest(service="")).status == NOT_SERVING
+    assert server.health.Check(health_pb2.HealthCheckRequest(service="slow")).status == NOT_SERVING
+    with pytest.raises(grpc.RpcError) as refused:
+        server.stub.ModelInfer(infer_request("slow", rows(1)), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in refused.value.details()
+    assert not server.stub.ServerReady(pb.ServerReadyRequest()).ready
+    stream = server.stub.ModelStreamInfer(
+        iter([infer_request("slow", rows(1), request_id="late")]), timeout=10
+    )
+    (answer,) = list(stream)  # in a stream, the refusal is that request's error_message
+    assert answer.infer_response.id == "late" and "shutting down" in answer.error_message
+    predict = predict_pb2.PredictRequest(inputs={"x": tf.make_tensor_proto(rows(1)["x"])})
+    predict.model_spec.name = "slow"
+    with pytest.raises(grpc.RpcError) as refused_tfserving:
+        prediction_service_pb2_grpc.PredictionServiceStub(server.channel).Predict(predict)
+    assert refused_tfserving.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in refused_tfserving.value.details()
+    unavailable = "plexserve_requests_total"
+    assert server.metric(unavailable, model="slow", protocol="v2", code="UNAVAILABLE") == 2
+    assert server.metric(unavailable, model="slow", protocol="tfserving", code="UNAVAILABLE") == 1
+    assert not blocker.done()  # the refusals came while the accepted requests were still running
+    ready = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/v2/health/ready")
+    with pytest.raises(urllib.error.HTTPError) as not_ready:
+        urllib.request.urlopen(ready, timeout=10)
+    assert not_ready.value.code == 503
+
+    expected = slow_repository[1]
+    for future, count in [(blocker, BLOCKER_ROWS)] + [(f, 16) for f in queued]:
+        y = output_arrays(future.result())["y"]
+        assert y.shape == (count, 1)
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-6)  # (batch-size rounding)
+    assert server.process.wait(grace) == 0
+    assert time.monotonic() - signalled < grace
+    waited = server.wait_for_line(r"shutdown: (\d+) requests queued or running", 1)
+    assert int(waited.group(1)) == IN_FLIGHT
+    server.wait_for_line(r"shutdown: done", 1)
+
+
+def test_a_second_signal_during_the_drain_exits_at_once(serve_process: Any) -> None:
+    server: ServeProcess = serve_process("--grace-period=60")
+    watch = server.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    assert next(s.status for s in watch if s.status == SERVING) == SERVING
+    # About 10 times the first test's blocker: a drain far longer than the bound below.
+    work = [
+        server.stub.ModelInfer.future(infer_request("slow", rows(BLOCKER_ROWS)), timeout=120)
+        for _ in range(10)
+    ]
+    wait_until(lambda: server.inflight() == len(work))
+
+    server.process.send_signal(signal.SIGTERM)
+    server.wait_for_line(r"shutdown: 10 requests queued or running", 10)
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(10) == 128 + signal.SIGTERM
+    assert time.monotonic() - signalled < 3
+    server.wait_for_line(r"second SIGTERM: exiting now", 1)
+    for future in work:  # the connection is gone: every client hears it
+        assert future.exception(10).code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_requests_still_running_when_the_grace_period_ends_get_unavailable(
+    slow_repository: tuple[Path, float],
+) -> None:
+    """In-process (the same Server.stop the signal calls): a grace too short for the queue."""
+    server = RunningServer(slow_repository[0])
+    try:
+        blocker = server.stub.ModelInfer.future(
+            infer_request("slow", rows(BLOCKER_ROWS)), timeout=60
+        )
+        wait_until(lambda: server.server.dataplane.inflight == 1)
+        queued = [
+            server.stub.ModelInfer.future(infer_request("slow", rows(16)), timeout=60)
+            for _ in range(4)
+        ]
+        wait_until(lambda: server.server.dataplane.inflight == 5)
+        started = time.monotonic()
+        server.run(server.server.stop(grace=0.5))
+        assert time.monotonic() - started < 5
+        for future in [blocker, *queued]:  # queued ones are answered too, none is left hanging
+            error = future.exception(10)
+            assert error.code() is grpc.StatusCode.UNAVAILABLE
+            assert error.details() == "Cancelling all calls"
+        assert server.server.dataplane.inflight == 0
+    finally:
+        server.close()
