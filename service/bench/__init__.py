@@ -1,12 +1,14 @@
 """`plexserve bench`: a client-side load generator for a running server, and its reports.
 
 Who calls this: `service/cli.py` (`plexserve bench`) through `service.bench.command.run_command`,
-and the scripts under `bench/`. Nothing here imports TensorFlow: a bench process (and every load
-process it spawns) holds only numpy, grpc and the generated protocol stubs.
+and the scripts under `bench/`. Nothing here imports TensorFlow for `--protocol v2`: a bench
+process (and every load process it spawns) holds only numpy, grpc and the generated protocol
+stubs. `--protocol tfserving` imports `tfserving`, whose TF Serving messages import TensorFlow.
 
 Modules, in the order a run uses them:
   options         flags, durations ("500ms", "2s", "1m"), the validated BenchSettings
   protocols       the client side of a wire protocol: metadata, request building, one call
+  tfserving       the TF Serving client, imported only for --protocol tfserving
   inputs          request data from the model's metadata (random, zeros, or a JSON file)
   load            the closed and open load loops, on the event loop's clock, recording raw times
   stats           raw records -> per-step figures (percentiles over merged raw latencies)

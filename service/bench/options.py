@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--protocol",
         choices=PROTOCOLS,
         default="v2",
-        help="wire protocol: v2 = Open Inference Protocol (tfserving: not implemented yet)",
+        help="wire protocol: v2 = Open Inference Protocol, tfserving = TF Serving's "
+        "PredictionService (loads TensorFlow's protos in each client process)",
     )
     load = parser.add_mutually_exclusive_group()
     load.add_argument(

@@ -5,16 +5,18 @@ ready-to-send request (`build_request`: everything protocol-specific, serializat
 done here, before any step, so no measured latency contains it), and sends one request (`call`),
 answering with the gRPC status code name ("OK", "NOT_FOUND", ...) instead of raising.
 
-`V2Protocol` speaks the Open Inference Protocol v2 over grpc.aio. A TF Serving client
-(`--protocol tfserving`) plugs in by implementing the same four methods and adding itself to
-`open_protocol`. Instances are bound to the event loop that first uses them.
+`V2Protocol` speaks the Open Inference Protocol v2 over grpc.aio; `TFServingProtocol`
+(service/bench/tfserving.py) speaks TF Serving's PredictionService, and is imported only when
+`--protocol tfserving` is asked for, since its messages import TensorFlow. A protocol plugs in
+by implementing the four methods and adding a factory to `PROTOCOLS`. Instances are bound to
+the event loop that first uses them.
 """
 
 from __future__ import annotations
 
 import abc
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,16 +137,21 @@ class V2Protocol(BenchProtocol):
         await self._channel.close()
 
 
-PROTOCOLS: dict[str, type[BenchProtocol]] = {"v2": V2Protocol}
+def _tfserving(target: str, model: str, version: str) -> BenchProtocol:
+    from service.bench.tfserving import TFServingProtocol  # imports TensorFlow's protos
+
+    return TFServingProtocol(target, model, version)
+
+
+# protocol name -> (target, model, version) -> client
+PROTOCOLS: dict[str, Callable[[str, str, str], BenchProtocol]] = {
+    "v2": V2Protocol,
+    "tfserving": _tfserving,
+}
 
 
 def check_protocol(protocol: str) -> None:
-    """Raise BenchError for a protocol the bench cannot speak (yet)."""
-    if protocol == "tfserving":
-        raise BenchError(
-            "--protocol tfserving is not implemented yet (the server does not speak the TF "
-            "Serving API yet); use --protocol v2"
-        )
+    """Raise BenchError for a protocol the bench cannot speak."""
     if protocol not in PROTOCOLS:
         raise BenchError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
 
@@ -152,4 +159,4 @@ def check_protocol(protocol: str) -> None:
 def open_protocol(protocol: str, target: str, model: str, version: str = "") -> BenchProtocol:
     """A client of `protocol` for `model` at `target` (raises BenchError, see check_protocol)."""
     check_protocol(protocol)
-    return PROTOCOLS[protocol](target, model, version)  # type: ignore[call-arg]
+    return PROTOCOLS[protocol](target, model, version)

@@ -95,6 +95,11 @@ _STATE_OF: dict[ModelState, int] = {
 }
 
 
+def numpy_dtype(dtype: int) -> np.dtype | None:
+    """The numpy dtype of a TensorFlow dtype plexserve serves (DT_STRING: `object`), else None."""
+    return _NUMPY_OF.get(dtype)
+
+
 def dtype_name(dtype: int) -> str:
     try:
         return str(types_pb2.DataType.Name(dtype))
@@ -162,7 +167,7 @@ def _shape_proto(shape: Iterable[int | None]) -> tensor_shape_pb2.TensorShapePro
     )
 
 
-def _fill_tensor(target: tensor_pb2.TensorProto, array: np.ndarray) -> None:
+def fill_tensor(target: tensor_pb2.TensorProto, array: np.ndarray) -> None:
     """`array` into `target` as TF Serving answers: string_val for strings, else
     tensor_content (little-endian bytes)."""
     target.tensor_shape.CopyFrom(_shape_proto(array.shape))
@@ -190,8 +195,18 @@ def encode_predict_response(
     """The outputs of the version that answered; its name, version and signature in model_spec."""
     response = predict_pb2.PredictResponse(model_spec=_model_spec(name, version, signature_name))
     for output, array in outputs.items():
-        _fill_tensor(response.outputs[output], array)
+        fill_tensor(response.outputs[output], array)
     return response
+
+
+def encode_predict_request(
+    model_spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray]
+) -> predict_pb2.PredictRequest:
+    """A client's PredictRequest (the load generator's), `inputs` encoded as `fill_tensor` does."""
+    request = predict_pb2.PredictRequest(model_spec=model_spec)
+    for name, array in inputs.items():
+        fill_tensor(request.inputs[name], array)
+    return request
 
 
 def _tensor_info(spec: TensorSpec) -> meta_graph_pb2.TensorInfo:

@@ -172,9 +172,10 @@ def test_processes_merge_their_raw_samples(
 def test_problems_to_fix_first_exit_2(
     server: RunningServer, dead_metrics_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert bench(server, dead_metrics_url, "--model", "mlp", "--protocol", "tfserving") == 2
-    assert "--protocol tfserving is not implemented yet" in capsys.readouterr().err
     assert bench(server, dead_metrics_url, "--model", "no_such_model") == 2
+    assert "NOT_FOUND" in capsys.readouterr().err
+    args = ["--model", "no_such_model", "--protocol", "tfserving"]
+    assert bench(server, dead_metrics_url, *args) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
     assert bench(server, dead_metrics_url, "--model", "mlp", "--input-data", "nope.json") == 2
     assert "no such file" in capsys.readouterr().err
@@ -183,9 +184,15 @@ def test_problems_to_fix_first_exit_2(
     assert "invalid duration 'soon'" in capsys.readouterr().err
 
 
-def test_the_bench_package_does_not_import_tensorflow() -> None:
+def test_the_bench_package_does_not_import_tensorflow_for_v2() -> None:
+    """Only --protocol tfserving imports TensorFlow (its messages do), when a client is opened."""
     code = (
-        "import sys, service.bench.command, service.bench.workers; "
+        "import asyncio, sys, service.bench.command, service.bench.workers\n"
+        "from service.bench.protocols import check_protocol, open_protocol\n"
+        "check_protocol('tfserving')\n"
+        "async def main():\n"
+        "    await open_protocol('v2', '127.0.0.1:1', 'mlp').close()\n"
+        "asyncio.run(main())\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     result = subprocess.run(
