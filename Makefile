@@ -64,7 +64,7 @@ $(PERF_VENV)/.installed-stamp:
 clean:
 	rm -rf $(VENV) $(PERF_VENV) $(TOOLS_VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# --- Deployment (README "Deployment"): the image and the Kubernetes manifests --------------------
+# --- Deployment (README "Deploy"): the image and the Kubernetes manifests --------------------
 TOOLS_VENV := .tools-venv
 TOOLS_STAMP := $(TOOLS_VENV)/.installed-stamp
 VARIANT ?= cpu
