@@ -26,6 +26,7 @@ from service.metrics import UNKNOWN_MODEL, Metrics
 from service.repository import ModelRepository, ModelVersion
 from service.runner import SERVING_SIGNATURE
 from service.signature import Tensors
+from service.stats import InflightCounter
 
 access_log = logging.getLogger("plexserve.access")
 
@@ -50,24 +51,20 @@ class DataPlane:
         self.metrics = metrics
         self.access_log_sample = access_log_sample  # fraction of requests logged, 0 = none
         self.accepting = True
-        self.inflight = 0  # accepted requests not answered yet
-        self._idle: asyncio.Event | None = None  # set when inflight drops to 0 while draining
+        self._inflight = InflightCounter()  # accepted requests not answered yet
 
     def refuse_new_requests(self) -> None:
         """From now on `infer` answers UNAVAILABLE at once; requests already accepted go on."""
         self.accepting = False
 
+    @property
+    def inflight(self) -> int:
+        return self._inflight.count
+
     async def drain(self, timeout: float) -> int:
         """Wait up to `timeout` seconds for the accepted requests to be answered; return how many
         are still running (0: all answered)."""
-        if self.inflight:
-            if self._idle is None:
-                self._idle = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._idle.wait(), max(timeout, 0))
-            except TimeoutError:
-                pass
-        return self.inflight
+        return await self._inflight.wait_idle(timeout)
 
     def resolve(self, name: str, version: str = "", label: str = "") -> ModelVersion:
         """The version that serves `name` at `version`, or at the version `label` points to
@@ -99,7 +96,7 @@ class DataPlane:
         deadline = None if timeout is None else time.monotonic() + timeout
         model: ModelVersion | None = None
         rows, code = 0, grpc.StatusCode.OK
-        self.inflight += 1
+        self._inflight.enter()
         try:
             if not self.accepting:
                 raise ShuttingDown(
@@ -137,9 +134,7 @@ class DataPlane:
             code = grpc.StatusCode.INTERNAL
             raise
         finally:
-            self.inflight -= 1
-            if self.inflight == 0 and self._idle is not None:
-                self._idle.set()
+            self._inflight.exit()
             seconds = time.perf_counter() - started
             if model is not None:
                 model.stats.observe_request(code is grpc.StatusCode.OK, rows, seconds)
@@ -155,7 +150,7 @@ class DataPlane:
                     extra={"protocol": protocol, "model": name, "code": code.name},
                 )
             if self.metrics is not None:
-                known = model is not None or name in set(self.repository)
+                known = model is not None or name in self.repository
                 self.metrics.observe_request(
                     name if known else UNKNOWN_MODEL,
                     str(model.version) if model is not None else "",

@@ -54,10 +54,6 @@ class QueueDeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class MessageTooLarge(ServingError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 class ExecutionFailed(ServingError):
     """The model ran but failed or returned something unusable (INTERNAL)."""
 

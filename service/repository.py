@@ -37,7 +37,7 @@ from service.settings import (
     VersionPolicy,
 )
 from service.signature import Signature, Tensors
-from service.stats import ExecutionObserver, ExecutionStats, Observers
+from service.stats import ExecutionObserver, ExecutionStats, InflightCounter, Observers
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ class ModelVersion:
     stats: ExecutionStats = field(default_factory=ExecutionStats)
     fingerprint: Fingerprint = ()
     since: float = field(default_factory=time.monotonic)  # when the current state began
-    inflight: int = 0
-    _drained: asyncio.Event | None = None
+    _inflight: InflightCounter = field(default_factory=InflightCounter)
 
     @property
     def signature(self) -> Signature:
@@ -93,19 +92,20 @@ class ModelVersion:
         executor = self.batcher or self.runner
         if executor is None:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state.value}")
-        self.inflight += 1
+        self._inflight.enter()
         try:
             return await executor.run(inputs, deadline)
         finally:
-            self.inflight -= 1
-            if self.inflight == 0 and self._drained is not None:
-                self._drained.set()
+            self._inflight.exit()
+
+    @property
+    def inflight(self) -> int:
+        """Requests running or queued on this version."""
+        return self._inflight.count
 
     async def drained(self) -> None:
         """Return once no request runs or waits on this version."""
-        if self.inflight:
-            self._drained = asyncio.Event()
-            await self._drained.wait()
+        await self._inflight.wait_idle()
 
 
 def check_model_name(name: str) -> str:
@@ -194,6 +194,9 @@ class ModelRepository:
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._models))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
 
     def versions(self, name: str) -> list[ModelVersion]:
         return [self._models[name][v] for v in sorted(self._models.get(name, {}))]

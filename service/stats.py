@@ -8,6 +8,7 @@ Updated from the event loop and from runner threads: additions under a lock.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,10 +76,6 @@ class ExecutionStats:
             else:
                 self.failure.add(seconds)
 
-    @property
-    def mean_batch_rows(self) -> float:
-        return self.rows / self.executions if self.executions else 0.0
-
 
 class Observers:
     """Fans one event out to several observers (counters, metrics)."""
@@ -95,3 +92,33 @@ class Observers:
     ) -> None:
         for observer in self._observers:
             observer.observe_execution(rows, padding_rows, seconds, requests)
+
+
+class InflightCounter:
+    """Requests started and not yet answered, and a wait for the moment there are none: what a
+    version's unload and the server's shutdown drain both need. Loop-bound (asyncio)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def exit(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float | None = None) -> int:
+        """Wait until nothing is in flight, or `timeout` seconds; return what is still in flight."""
+        if self.count:
+            if self._idle is None or self._idle.is_set():
+                self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(
+                    self._idle.wait(), None if timeout is None else max(timeout, 0)
+                )
+            except TimeoutError:
+                pass
+        return self.count
