@@ -3,7 +3,7 @@
 Importing this package registers every built-in builder in ``default_registry`` (registration is the
 only import-time side effect). It never imports ``service``: builders know nothing of serving.
 Built-ins: echo, mlp, multi_input, inception, residual, shared_encoder, multi_output,
-text_classifier, multi_task -- each returns a Functional ``keras.Model`` with named Inputs and
+text_classifier, multi_task, vision_tabular -- each returns a Functional ``keras.Model`` with named Inputs and
 dict outputs.
 """
 
@@ -18,6 +18,7 @@ from models import (  # noqa: F401
     residual,
     shared_encoder,
     text_classifier,
+    vision_tabular,
 )
 from models.registry import (
     Builder,

@@ -63,6 +63,12 @@ EXPECTED: dict[str, tuple[dict[str, Any], Inputs, Outputs]] = {
         {"image": ((8, 8, 1), "float32"), "numeric": ((3,), "float32"), "category": ((), "int32")},
         {"class_probabilities": (3,), "score": (1,), "embedding": (4,)},
     ),
+    "vision_tabular": (
+        {"filters": 2, "image_shape": (8, 8, 3), "feature_dim": 5, "hidden_units": 4,
+         "classes": 3},
+        {"image": ((8, 8, 3), "float32"), "features": ((5,), "float32")},
+        {"class_probabilities": (3,), "score": (1,)},
+    ),
 }  # fmt: skip
 
 SOFTMAX_OUTPUTS = {"probabilities", "class_probabilities"}
@@ -170,6 +176,11 @@ def test_text_classifier_uses_the_given_vocabulary() -> None:
 
 def test_multi_task_defaults_are_about_50k_parameters() -> None:
     model = default_registry.get("multi_task").build()
+    assert 40_000 <= model.count_params() <= 60_000
+
+
+def test_vision_tabular_defaults_are_about_50k_parameters() -> None:
+    model = default_registry.get("vision_tabular").build()
     assert 40_000 <= model.count_params() <= 60_000
 
 

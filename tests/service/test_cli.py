@@ -22,6 +22,7 @@ def test_builders_lists_every_builtin_with_parameters(capsys: pytest.CaptureFixt
         "multi_output",
         "text_classifier",
         "multi_task",
+        "vision_tabular",
     ]:
         assert f"\n{name}: " in f"\n{out}"
     assert "--set image_shape: tuple[int, int, int] = (32, 32, 3)" in out
