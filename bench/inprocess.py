@@ -3,8 +3,8 @@
 usage: python bench/inprocess.py MODEL_DIR [--batches 1,32] [--duration 5] [--warmup 1]
 Prints one JSON object: for each batch size, calls/s, rows/s and call latency percentiles (ms).
 
-The call is the server's own (`SignatureRunner.call`: numpy -> tf.constant -> serving_default ->
-numpy), on this thread, back to back: what the model costs when nothing else does. Every batch
+The call is the server's own (`SignatureRunner.call`: numpy -> the signature's Session callable
+-> numpy), on this thread, back to back: what the model costs when nothing else does. Every batch
 size runs in this same process, one after the other. Inputs are random, ids in 0..9, as
 `plexserve bench` makes them. This is a timing loop over local calls, not a load generator.
 """

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
 
+from service.errors import UnsupportedModel
 from service.repository import check_model_name
-from service.runner import SERVING_SIGNATURE, signature_of
+from service.runner import SERVING_SIGNATURE, read_signature
 from service.signature import Signature
 
 _AUTO_NAME = re.compile(r"^(keras_tensor|input_layer)(_\d+)?$")
@@ -72,10 +72,10 @@ def next_version(model_dir: Path) -> int:
 
 def load_signature(path: Path) -> Signature:
     """The serving signature of a SavedModel on disk."""
-    loaded = tf.saved_model.load(str(path))
-    if SERVING_SIGNATURE not in loaded.signatures:
-        raise ExportError(f"{path} has no '{SERVING_SIGNATURE}' signature")
-    return signature_of(loaded.signatures[SERVING_SIGNATURE], path)
+    try:
+        return read_signature(path, SERVING_SIGNATURE)
+    except UnsupportedModel as error:
+        raise ExportError(error.message) from None
 
 
 def export_model(model: Any, repository: Path, name: str, version: int | None = None) -> Exported:

@@ -1,31 +1,36 @@
-"""SignatureRunner: calls one SavedModel's serving function.
+"""SignatureRunner: executes one SavedModel's serving signature; and TensorFlow's process set-up.
 
 Owned by a ModelVersion (service/repository.py). `load` is blocking (reads the SavedModel) and is
 called off the event loop. `run` is the call every caller uses (`await run(inputs) -> outputs`,
-the same call a DynamicBatcher offers); it executes TensorFlow on the runner's own executor
-thread, never on the event loop. `call` is the blocking form, for warm-up and benchmarks.
+the same call a DynamicBatcher offers); `submit` is its callback form, which the batcher uses to
+spare a task and a future per batch. Either executes TensorFlow on the runner's own worker
+threads, never on the event loop. `call` is the blocking form, for warm-up and benchmarks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl
 
-from service.errors import InvalidInput, QueueDeadlineExceeded, UnsupportedModel
+from service.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded, UnsupportedModel
 from service.settings import SettingsError
 from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
 from service.stats import ExecutionObserver
+from service.threads import name_thread
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +97,38 @@ def configure_tensorflow(
     return [gpu.name for gpu in gpus]
 
 
-def _spec(name: str, tensor: Any, path: Path) -> TensorSpec:
-    dtype = np.dtype(tensor.dtype.as_numpy_dtype) if tensor.dtype != tf.string else np.dtype(object)
-    if dtype not in _SUPPORTED:
+def session_config() -> tf.compat.v1.ConfigProto:
+    """The Session options that match the process-wide set-up of `configure_tensorflow`: the same
+    thread counts, the same visible GPU, memory growth on."""
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+        inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+    )
+    visible = tf.config.get_visible_devices("GPU")
+    if visible:
+        physical = tf.config.list_physical_devices("GPU")
+        config.gpu_options.visible_device_list = ",".join(
+            str(physical.index(gpu)) for gpu in visible if gpu in physical
+        )
+        config.gpu_options.allow_growth = True
+    else:
+        config.device_count["GPU"] = 0
+    return config
+
+
+def _spec(name: str, info: Any, path: Path) -> TensorSpec:
+    """A TensorSpec from a SignatureDef's TensorInfo."""
+    dtype = tf.dtypes.as_dtype(info.dtype)
+    numpy_dtype = np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype)
+    if numpy_dtype not in _SUPPORTED:
         raise UnsupportedModel(
-            f"{path}: tensor '{name}' has dtype {tensor.dtype.name}, "
+            f"{path}: tensor '{name}' has dtype {dtype.name}, "
             f"which the Open Inference Protocol cannot carry"
         )
-    if tensor.shape.rank is None:
+    if info.tensor_shape.unknown_rank:
         raise UnsupportedModel(f"{path}: tensor '{name}' has unknown rank")
-    return TensorSpec(name, dtype, tuple(tensor.shape.as_list()))
+    shape = tuple(None if dim.size < 0 else dim.size for dim in info.tensor_shape.dim)
+    return TensorSpec(name, numpy_dtype, shape)
 
 
 def _reason(error: tf.errors.OpError) -> str:
@@ -113,87 +140,156 @@ def _reason(error: tf.errors.OpError) -> str:
     return useful[0] if useful else lines[0]
 
 
-def signature_of(function: Any, path: Path) -> Signature:
-    """The Signature of a loaded concrete function (keyword inputs, dict outputs)."""
-    args, kwargs = function.structured_input_signature
-    if args:
-        raise UnsupportedModel(f"{path}: signature takes positional inputs; expected named ones")
-    outputs = function.structured_outputs
-    if not isinstance(outputs, dict):
-        raise UnsupportedModel(
-            f"{path}: signature returns {type(outputs).__name__}, expected a dict"
-        )
-    # Sorted by name: TensorFlow's order is not stable across loads, metadata should be.
+def signature_of(signature_def: Any, path: Path) -> Signature:
+    """The Signature of a SavedModel's SignatureDef (named inputs and outputs)."""
+    # Sorted by name: metadata should not depend on the order TensorFlow wrote them in.
     return Signature(
-        inputs={name: _spec(name, kwargs[name], path) for name in sorted(kwargs)},
-        outputs={name: _spec(name, outputs[name], path) for name in sorted(outputs)},
+        inputs={n: _spec(n, signature_def.inputs[n], path) for n in sorted(signature_def.inputs)},
+        outputs={
+            n: _spec(n, signature_def.outputs[n], path) for n in sorted(signature_def.outputs)
+        },
     )
 
 
+def read_signature(path: Path, signature_name: str = SERVING_SIGNATURE) -> Signature:
+    """The named signature of the SavedModel in `path`, read from saved_model.pb alone."""
+    saved_model = loader_impl.parse_saved_model(str(path))
+    for meta_graph in saved_model.meta_graphs:
+        if "serve" in meta_graph.meta_info_def.tags:
+            if signature_name not in meta_graph.signature_def:
+                raise UnsupportedModel(
+                    f"{path}: no signature '{signature_name}'; it has "
+                    f"{sorted(k for k in meta_graph.signature_def if not k.startswith('__'))}"
+                )
+            return signature_of(meta_graph.signature_def[signature_name], path)
+    raise UnsupportedModel(f"{path}: no MetaGraph tagged 'serve'")
+
+
+# Called on the worker thread when an execution ends: (outputs or None, error or None,
+# monotonic time it started, monotonic time it ended).
+Done = Callable[[Tensors | None, BaseException | None, float, float], None]
+_Job = tuple[Tensors, Done, float | None, float]  # inputs, done, deadline, submitted at
+
+
 class SignatureRunner:
+    """Runs one SavedModel's serving signature the way TensorFlow Serving does: the SavedModel is
+    loaded into its own graph and Session, and each execution is one Session callable with the
+    signature's tensors fed and fetched in a fixed order. Against calling the restored
+    `tf.function` eagerly, one call holds the GIL for a fraction of the time (one C++ call
+    instead of TensorFlow's Python dispatch), which matters because the event loop needs it.
+
+    Executions run on the runner's own `threads` worker threads, in submission order; `submit`
+    is the non-blocking form the batcher uses, `run` the awaitable one, `call` the blocking one.
+    """
+
     def __init__(
         self,
         path: Path,
-        function: Callable[..., dict[str, Any]],
+        session: tf.compat.v1.Session,
+        signature_def: Any,
         signature: Signature,
-        keep_alive: Any = None,
         threads: int = 1,
     ) -> None:
         self.path = path
         self.signature = signature
-        self._function = function
-        self._keep_alive = keep_alive  # the loaded SavedModel object owns the function's variables
-        # `threads` concurrent executions (batching.instances); TensorFlow parallelizes inside one
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tf-run")
+        self._session = session
+        self._inputs = list(signature.inputs)
+        self._outputs = list(signature.outputs)
+        graph = session.graph
+        self._callable = session.make_callable(
+            [graph.get_tensor_by_name(signature_def.outputs[n].name) for n in self._outputs],
+            [graph.get_tensor_by_name(signature_def.inputs[n].name) for n in self._inputs],
+        )
         # Set when nothing else (no DynamicBatcher) observes this runner's executions.
         self.observer: ExecutionObserver | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        label = path.parent.name or "model"
+        self._threads = [
+            threading.Thread(target=self._work, name=f"tf-run:{label}", daemon=True)
+            for _ in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @classmethod
     def load(
-        cls, path: Path, signature_name: str = SERVING_SIGNATURE, threads: int = 1
+        cls,
+        path: Path,
+        signature_name: str = SERVING_SIGNATURE,
+        threads: int = 1,
+        config: tf.compat.v1.ConfigProto | None = None,
     ) -> SignatureRunner:
         """Load a SavedModel (blocking). Raises UnsupportedModel when it cannot be served."""
-        loaded = tf.saved_model.load(str(path))
-        if signature_name not in loaded.signatures:
-            raise UnsupportedModel(
-                f"{path}: no signature '{signature_name}'; "
-                f"it has {sorted(loaded.signatures.keys())}"
-            )
-        function = loaded.signatures[signature_name]
-        return cls(path, function, signature_of(function, path), keep_alive=loaded, threads=threads)
+        signature = read_signature(path, signature_name)
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=config or session_config())
+        try:
+            with graph.as_default(), _quiet_deprecation():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+            return cls(path, session, meta_graph.signature_def[signature_name], signature, threads)
+        except BaseException:
+            session.close()
+            raise
 
     def call(self, inputs: Tensors) -> Tensors:
-        """Run the signature on this thread (blocking)."""
+        """Run the signature on this thread (blocking). Every output must have as many rows as
+        the inputs (ExecutionFailed otherwise): the rows are split back per request."""
         try:
-            results = self._function(**{name: tf.constant(value) for name, value in inputs.items()})
+            results = self._callable(*[inputs[name] for name in self._inputs])
         except tf.errors.InvalidArgumentError as error:
             # e.g. an embedding id out of range: the request's values, not the server, are wrong
             raise InvalidInput(f"the model rejected the input values: {_reason(error)}") from None
-        return {name: tensor.numpy() for name, tensor in results.items()}
+        rows = len(next(iter(inputs.values()))) if inputs else 0
+        outputs = {}
+        for name, array in zip(self._outputs, results, strict=True):
+            if array.ndim == 0 or array.shape[0] != rows:
+                raise ExecutionFailed(
+                    f"model '{self.path.parent.name}' returned output '{name}' with shape "
+                    f"{list(array.shape)} for a batch of {rows} rows"
+                )
+            outputs[name] = array
+        return outputs
+
+    def submit(self, inputs: Tensors, done: Done, deadline: float | None = None) -> None:
+        """Queue one execution; `done` is called on a worker thread when it ends. One whose
+        `deadline` (monotonic) has passed when a worker takes it is not computed: it ends with
+        QueueDeadlineExceeded."""
+        self._jobs.put((inputs, done, deadline, time.monotonic()))
+
+    def _work(self) -> None:
+        name_thread(threading.current_thread().name)
+        while (job := self._jobs.get()) is not None:
+            inputs, done, deadline, submitted = job
+            started = time.monotonic()
+            try:
+                if deadline is not None and started >= deadline:
+                    raise QueueDeadlineExceeded(
+                        f"model '{self.path.parent.name}': the request's deadline passed after "
+                        f"{(started - submitted) * 1000:.1f} ms waiting to run; it was not computed"
+                    )
+                outputs = self.call(inputs)
+            except BaseException as error:  # noqa: BLE001 - handed to whoever submitted
+                done(None, error, started, time.monotonic())
+            else:
+                done(outputs, None, started, time.monotonic())
 
     async def run(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
-        """Run on an executor thread. A request whose deadline passed while it waited for a
-        thread is not computed."""
-        if self.observer is None and deadline is None:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.call, inputs
-            )
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._call_observed, inputs, deadline, time.monotonic()
-        )
+        """Run on a worker thread. A request whose deadline passed while it waited for a thread
+        is not computed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Tensors, float, float]] = loop.create_future()
+        submitted = time.monotonic()
 
-    def _call_observed(self, inputs: Tensors, deadline: float | None, submitted: float) -> Tensors:
-        started = time.monotonic()
-        if deadline is not None and started >= deadline:
-            raise QueueDeadlineExceeded(
-                f"{self.path}: the request's deadline passed after "
-                f"{(started - submitted) * 1000:.1f} ms waiting to run; it was not computed"
-            )
-        outputs = self.call(inputs)
+        def done(
+            outputs: Tensors | None, error: BaseException | None, started: float, ended: float
+        ) -> None:
+            loop.call_soon_threadsafe(_settle, future, outputs, error, started, ended)
+
+        self.submit(inputs, done, deadline)
+        outputs, started, ended = await future
         if self.observer is not None:
-            rows = next(iter(inputs.values())).shape[0]
             self.observer.observe_queue(started - submitted)
-            self.observer.observe_execution(rows, 0, time.monotonic() - started)
+            self.observer.observe_execution(len(next(iter(inputs.values()))), 0, ended - started)
         return outputs
 
     def warm_up(self, rows: int = 1) -> None:
@@ -207,14 +303,49 @@ class SignatureRunner:
                 if spec.dtype == object
                 else np.zeros(dims, spec.dtype)
             )
-        self._executor.submit(self.call, inputs).result()
+        results: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self.submit(inputs, lambda outputs, error, started, ended: results.put(error))
+        if (error := results.get()) is not None:
+            raise error
 
     def close(self) -> None:
-        """Release the SavedModel (blocking; call off the event loop)."""
-        self._executor.shutdown(wait=True)
-        self._function = None  # type: ignore[assignment]
-        self._keep_alive = None
+        """Stop the worker threads and release the SavedModel (blocking; off the event loop)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._session.close()
+        self._callable = None
         release_memory()
+
+
+def _settle(
+    future: asyncio.Future[tuple[Tensors, float, float]],
+    outputs: Tensors | None,
+    error: BaseException | None,
+    started: float,
+    ended: float,
+) -> None:
+    if future.done():  # the caller went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert outputs is not None
+        future.set_result((outputs, started, ended))
+
+
+@contextlib.contextmanager
+def _quiet_deprecation() -> Iterator[None]:
+    """The v1 loader is what TensorFlow Serving itself uses; its deprecation notice (one line per
+    process, at WARNING) says nothing an operator can act on."""
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tf_log.setLevel(level)
 
 
 def release_memory() -> None:
