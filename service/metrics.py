@@ -3,66 +3,42 @@
 
 Names carry the prefix `plexserve_`; labels `model` and `version`, plus `protocol` and `code`
 on request metrics. A request for a model the repository does not know is counted under
-model="(unknown)", so clients cannot create series at will. Thread-safe (prometheus-client).
+model="(unknown)", so clients cannot create series at will.
+
+The per-request series (requests, request / queue / compute durations, batch sizes, padding)
+are read at scrape time from each version's ExecutionStats (service/stats.py), the counters
+Triton's statistics come from too: a request updates them once, with plain additions, instead
+of taking prometheus-client's locks for every series. A version's series outlive it (a reload
+of the same version continues its counts). The rest are ordinary gauges set on state changes.
+Scrapes run on the event loop, where the counters are updated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
 
+import grpc
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from service.repository import ModelState, ModelVersion
-from service.stats import ExecutionObserver
+from service.stats import ExecutionStats, Histogram, merged
 
-# 100 us .. 10 s: sub-millisecond front-end work up to a request stuck behind a long queue.
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 UNKNOWN_MODEL = "(unknown)"
+Labels = tuple[str, str]  # model, version
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         version = ["model", "version"]
-        self.requests = Counter(
-            "plexserve_requests", "Requests answered, by status code.",
-            [*version, "protocol", "code"], registry=registry,
-        )  # fmt: skip
-        self.request_duration = Histogram(
-            "plexserve_request_duration_seconds",
-            "Time from a request's arrival (before decoding) to its answer (before encoding).",
-            [*version, "protocol"], buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.queue_duration = Histogram(
-            "plexserve_queue_duration_seconds",
-            "Time a request waited before its execution started (batcher queue or runner thread).",
-            version, buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.compute_duration = Histogram(
-            "plexserve_compute_duration_seconds",
-            "Time one execution (one batch) took in TensorFlow.",
-            version, buckets=LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.batch_size = Histogram(
-            "plexserve_batch_size_rows", "Request rows per execution (padding excluded).",
-            version, buckets=BATCH_BUCKETS, registry=registry,
-        )  # fmt: skip
-        self.padding_rows = Counter(
-            "plexserve_padding_rows", "Zero rows added to reach an allowed batch size.",
-            version, registry=registry,
-        )  # fmt: skip
         self.queue_depth = Gauge(
             "plexserve_queue_depth_rows", "Rows waiting in the batcher's queue.",
             version, registry=registry,
@@ -83,17 +59,30 @@ class Metrics:
             "plexserve_model_warmup_duration_seconds", "How long the last warm-up (WARMING) took.",
             version, registry=registry,
         )  # fmt: skip
+        self.event_loop_busy = Gauge(
+            "plexserve_event_loop_busy_ratio",
+            "Share of the last second the event loop thread spent on the CPU: every request's "
+            "protocol work runs there, so near 1 it caps throughput.",
+            registry=registry,
+        )  # fmt: skip
+        # The counters behind the per-request series: versions serving now, the sums of the
+        # ones gone, and requests answered before any version was resolved.
+        self._live: dict[Labels, ExecutionStats] = {}
+        self._gone: dict[Labels, ExecutionStats] = {}
+        self._unresolved: dict[Labels, ExecutionStats] = {}
+        registry.register(_RequestCollector(self))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
 
-    def observe_request(
-        self, model: str, version: str, protocol: str, code: str, seconds: float
+    def observe_unresolved(
+        self, model: str, version: str, protocol: str, code: grpc.StatusCode, seconds: float
     ) -> None:
-        self.requests.labels(model, version, protocol, code).inc()
-        self.request_duration.labels(model, version, protocol).observe(seconds)
-
-    def observer(self, model: ModelVersion) -> ExecutionObserver:
-        return _VersionObserver(self, model.name, str(model.version))
+        """A request answered before a model version was resolved (unknown model or version,
+        not ready, shutting down)."""
+        stats = self._unresolved.get((model, version))
+        if stats is None:
+            stats = self._unresolved[(model, version)] = ExecutionStats()
+        stats.observe_request(protocol, code, 0, seconds)
 
     def on_state_change(self, model: ModelVersion, previous: ModelState, seconds: float) -> None:
         """Publish a version's new state; record how long LOADING / WARMING took."""
@@ -105,32 +94,95 @@ class Metrics:
         for state in ModelState:
             self.model_state.labels(*labels, state.value).set(int(state is model.state))
         if model.state is ModelState.AVAILABLE:
+            self._retire(labels)
+            self._live[labels] = model.stats
             self.queue_depth.labels(*labels).set_function(
                 lambda: model.batcher.queued_rows if model.batcher else 0
             )
             self.inflight.labels(*labels).set_function(lambda: model.inflight)
         elif model.state in (ModelState.END, ModelState.FAILED):
+            if self._live.get(labels) is model.stats:
+                self._retire(labels)
             for gauge in (self.queue_depth, self.inflight):
                 try:
                     gauge.remove(*labels)
                 except KeyError:
                     pass
 
+    def _retire(self, labels: Labels) -> None:
+        stats = self._live.pop(labels, None)
+        if stats is not None:
+            gone = self._gone.get(labels)
+            self._gone[labels] = merged([stats] if gone is None else [stats, gone])
 
-@dataclass
-class _VersionObserver:
-    metrics: Metrics
-    model: str
-    version: str
+    def series(self) -> Iterator[tuple[Labels, ExecutionStats, bool]]:
+        """The per-request counters of every label set, summed over a version's lifetimes, and
+        whether a version ever served under these labels (else: only refusals)."""
+        for key in sorted({*self._live, *self._gone, *self._unresolved}):
+            parts = [self._live.get(key), self._gone.get(key), self._unresolved.get(key)]
+            versioned = parts[0] is not None or parts[1] is not None
+            yield key, merged(stats for stats in parts if stats is not None), versioned
 
-    def observe_queue(self, seconds: float) -> None:
-        self.metrics.queue_duration.labels(self.model, self.version).observe(seconds)
 
-    def observe_execution(
-        self, rows: int, padding_rows: int, seconds: float, requests: int = 1
-    ) -> None:
-        labels = (self.model, self.version)
-        self.metrics.compute_duration.labels(*labels).observe(seconds)
-        self.metrics.batch_size.labels(*labels).observe(rows)
-        if padding_rows:
-            self.metrics.padding_rows.labels(*labels).inc(padding_rows)
+def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    cumulative: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
+        total += count
+        cumulative.append((floatToGoString(bound), total))
+    return cumulative
+
+
+class _RequestCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        version = ["model", "version"]
+        requests = CounterMetricFamily(
+            "plexserve_requests", "Requests answered, by status code.",
+            labels=[*version, "protocol", "code"],
+        )  # fmt: skip
+        durations = HistogramMetricFamily(
+            "plexserve_request_duration_seconds",
+            "Time from a request's arrival (before decoding) to its answer (before encoding).",
+            labels=[*version, "protocol"],
+        )  # fmt: skip
+        queue = HistogramMetricFamily(
+            "plexserve_queue_duration_seconds",
+            "Time a request waited before its execution started (batcher queue or runner thread).",
+            labels=version,
+        )  # fmt: skip
+        compute = HistogramMetricFamily(
+            "plexserve_compute_duration_seconds",
+            "Time one execution (one batch) took in TensorFlow.", labels=version,
+        )  # fmt: skip
+        batch = HistogramMetricFamily(
+            "plexserve_batch_size_rows", "Request rows per execution (padding excluded).",
+            labels=version,
+        )  # fmt: skip
+        padding = CounterMetricFamily(
+            "plexserve_padding_rows", "Zero rows added to reach an allowed batch size.",
+            labels=version,
+        )  # fmt: skip
+        for labels, stats, versioned in self._metrics.series():
+            for (protocol, code), count in sorted(stats.requests.items(), key=_by_name):
+                requests.add_metric([*labels, protocol, code.name], count)
+            for protocol, histogram in sorted(stats.request_seconds.items()):
+                durations.add_metric([*labels, protocol], _buckets(histogram), histogram.sum)
+            if not versioned:
+                continue
+            queue.add_metric(list(labels), _buckets(stats.queue_seconds), stats.queue_seconds.sum)
+            compute.add_metric(
+                list(labels), _buckets(stats.compute_histogram), stats.compute_histogram.sum
+            )
+            batch.add_metric(
+                list(labels), _buckets(stats.batch_histogram), stats.batch_histogram.sum
+            )
+            padding.add_metric(list(labels), stats.padding_rows)
+        yield from (requests, durations, queue, compute, batch, padding)
+
+
+def _by_name(item: tuple[tuple[str, grpc.StatusCode], int]) -> tuple[str, str]:
+    (protocol, code), _ = item
+    return protocol, code.name

@@ -1,18 +1,32 @@
-"""Per-model-version counters: what executed (fed by the DynamicBatcher, or by the runner itself
-when batching is off) and what was answered (fed by the data plane). They back Triton's
-ModelStatistics; the Prometheus metrics (service/metrics.py) observe the same events through
-the same narrow interface.
+"""Per-model-version counters, kept once for both of their readers: Triton's ModelStatistics
+(service/codecs/oip.py) and the Prometheus metrics (service/metrics.py, which reads them at
+scrape time). What executed is fed by the DynamicBatcher, or by the runner itself when batching
+is off; what was answered by the data plane.
 
-Updated from the event loop and from runner threads: additions under a lock.
+Every request passes here, so an observation is a few additions and one bisect into a list of
+bucket counts: no lock, no `labels()` lookup, no metric object per series. Loop-bound: every
+observation is made on the event loop thread (runners report back to it) and scrapes read
+there too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import grpc
+
+OK = grpc.StatusCode.OK
+# 100 us .. 10 s: sub-millisecond front-end work up to a request stuck behind a long queue.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ExecutionObserver(Protocol):
@@ -24,6 +38,30 @@ class ExecutionObserver(Protocol):
     ) -> None:
         """One execution ran `requests` requests (`rows` rows, plus `padding_rows` padding) in
         `seconds`."""
+
+
+class Histogram:
+    """Counts of observations per bucket (upper bounds `bounds`, then +Inf) and their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def add(self, other: Histogram) -> None:
+        for i, count in enumerate(other.counts):
+            self.counts[i] += count
+        self.sum += other.sum
 
 
 @dataclass
@@ -38,6 +76,7 @@ class Duration:
 
 @dataclass
 class ExecutionStats:
+    # --- Triton's statistics ---
     executions: int = 0
     rows: int = 0
     padding_rows: int = 0
@@ -49,49 +88,64 @@ class ExecutionStats:
     failure: Duration = field(default_factory=Duration)
     inferences: int = 0  # rows of successful requests
     last_inference_ms: int = 0  # wall clock, ms since the epoch
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # --- and what the Prometheus histograms need besides ---
+    requests: dict[tuple[str, grpc.StatusCode], int] = field(default_factory=dict)
+    request_seconds: dict[str, Histogram] = field(default_factory=dict)  # by protocol
+    queue_seconds: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    compute_histogram: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
+    batch_histogram: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
 
     def observe_queue(self, seconds: float) -> None:
-        with self._lock:
-            self.queue.add(seconds)
+        self.queue.add(seconds)
+        self.queue_seconds.observe(seconds)
 
     def observe_execution(
         self, rows: int, padding_rows: int, seconds: float, requests: int = 1
     ) -> None:
-        with self._lock:
-            self.compute_per_request.count += requests
-            self.compute_per_request.seconds += seconds * requests
-            self.executions += 1
-            self.rows += rows
-            self.padding_rows += padding_rows
-            self.compute_seconds += seconds
-            self.by_batch_rows.setdefault(rows, Duration()).add(seconds)
+        self.compute_per_request.count += requests
+        self.compute_per_request.seconds += seconds * requests
+        self.executions += 1
+        self.rows += rows
+        self.padding_rows += padding_rows
+        self.compute_seconds += seconds
+        duration = self.by_batch_rows.get(rows)
+        if duration is None:
+            duration = self.by_batch_rows[rows] = Duration()
+        duration.add(seconds)
+        self.compute_histogram.observe(seconds)
+        self.batch_histogram.observe(rows)
 
-    def observe_request(self, ok: bool, rows: int, seconds: float) -> None:
-        with self._lock:
-            if ok:
-                self.success.add(seconds)
-                self.inferences += rows
-                self.last_inference_ms = int(time.time() * 1000)
-            else:
-                self.failure.add(seconds)
-
-
-class Observers:
-    """Fans one event out to several observers (counters, metrics)."""
-
-    def __init__(self, *observers: ExecutionObserver) -> None:
-        self._observers = observers
-
-    def observe_queue(self, seconds: float) -> None:
-        for observer in self._observers:
-            observer.observe_queue(seconds)
-
-    def observe_execution(
-        self, rows: int, padding_rows: int, seconds: float, requests: int = 1
+    def observe_request(
+        self, protocol: str, code: grpc.StatusCode, rows: int, seconds: float
     ) -> None:
-        for observer in self._observers:
-            observer.observe_execution(rows, padding_rows, seconds, requests)
+        """One request of `rows` rows, for `protocol`, answered with `code` after `seconds`."""
+        if code is OK:
+            self.success.add(seconds)
+            self.inferences += rows
+            self.last_inference_ms = int(time.time() * 1000)
+        else:
+            self.failure.add(seconds)
+        key = (protocol, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        histogram = self.request_seconds.get(protocol)
+        if histogram is None:
+            histogram = self.request_seconds[protocol] = Histogram(LATENCY_BUCKETS)
+        histogram.observe(seconds)
+
+
+def merged(parts: Iterable[ExecutionStats]) -> ExecutionStats:
+    """The Prometheus-visible sums of several ExecutionStats (the same series over reloads)."""
+    total = ExecutionStats()
+    for part in parts:
+        total.padding_rows += part.padding_rows
+        for key, count in part.requests.items():
+            total.requests[key] = total.requests.get(key, 0) + count
+        for protocol, histogram in part.request_seconds.items():
+            total.request_seconds.setdefault(protocol, Histogram(LATENCY_BUCKETS)).add(histogram)
+        total.queue_seconds.add(part.queue_seconds)
+        total.compute_histogram.add(part.compute_histogram)
+        total.batch_histogram.add(part.batch_histogram)
+    return total
 
 
 class InflightCounter:
