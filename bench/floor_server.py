@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -102,7 +103,11 @@ async def serve(port: int, width: int) -> None:
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"floor server: echo on 127.0.0.1:{bound}", flush=True)
-    await server.wait_for_termination()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(0)
 
 
 def main() -> None:
@@ -110,10 +115,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8600)
     parser.add_argument("--width", type=int, default=16)
     args = parser.parse_args()
-    try:
-        asyncio.run(serve(args.port, args.width))
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(serve(args.port, args.width))
 
 
 if __name__ == "__main__":

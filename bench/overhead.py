@@ -109,7 +109,7 @@ def measure(server: Server, model: str, concurrency: int, interval_ms: int) -> R
     command, env = perf_analyzer()
     command += ["-m", model, "-u", server.target, "-i", "grpc", "--input-data", "zero"]
     command += ["--concurrency-range", str(concurrency), "-p", str(interval_ms), "-s", "50"]
-    command += ["--percentile", "99"]
+    command += ["--percentile", "99", "--max-trials", "20"]
     samples = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as pa:
         time.sleep(interval_ms / 1000)  # the first window: warm-up, not sampled

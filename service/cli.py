@@ -111,7 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_models=tuple(args.load_model),
         tls=tls,
     )
-    asyncio.run(serve(settings))
+    from service.loop import ServingEventLoop
+
+    with asyncio.Runner(loop_factory=ServingEventLoop) as runner:
+        runner.run(serve(settings))
     return 0
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from service.errors import ExecutionFailed, ServingError, ShuttingDown, SignatureNotFound
+from service.errors import ServingError, ShuttingDown, SignatureNotFound
 from service.metrics import UNKNOWN_MODEL, Metrics
 from service.repository import ModelRepository, ModelVersion
 from service.runner import SERVING_SIGNATURE
@@ -29,6 +29,7 @@ from service.signature import Tensors
 from service.stats import InflightCounter
 
 access_log = logging.getLogger("plexserve.access")
+OK = grpc.StatusCode.OK
 
 # The front end's decoder: its request -> (inputs by name, requested output names; empty = all)
 Decode = Callable[[], tuple[Tensors, Sequence[str]]]
@@ -95,7 +96,7 @@ class DataPlane:
         started = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
         model: ModelVersion | None = None
-        rows, code = 0, grpc.StatusCode.OK
+        rows, code = 0, OK
         self._inflight.enter()
         try:
             if not self.accepting:
@@ -103,7 +104,12 @@ class DataPlane:
                     "the server is shutting down and takes no new requests: send them to "
                     "another replica"
                 )
-            model = self.resolve(name, version, label)
+            repository = self.repository
+            model = (
+                repository.resolve(name, version)
+                if not label
+                else repository.resolve_label(name, label)
+            )
             if signature_name and signature_name != SERVING_SIGNATURE:
                 raise SignatureNotFound(
                     f'Serving signature key "{signature_name}" not found. Model '
@@ -111,19 +117,16 @@ class DataPlane:
                 )
             inputs, requested = decode()
             signature = model.signature
-            rows = signature.validate(signature.conform(inputs))
-            names = signature.select_outputs(requested)
+            rows = signature.validate(inputs)
+            if requested:
+                signature.check_outputs(requested)
             if rows == 0:  # TensorFlow is never called with 0 rows (conv models raise on it)
+                names = requested or signature.outputs
                 return InferResult(model, {n: signature.outputs[n].empty(0) for n in names})
             results = await model.run(inputs, deadline)
-            for output in names:
-                array = results[output]
-                if array.ndim == 0 or array.shape[0] != rows:
-                    raise ExecutionFailed(
-                        f"model '{model.name}' version {model.version} returned output "
-                        f"'{output}' with shape {list(array.shape)} for {rows} input rows"
-                    )
-            return InferResult(model, {n: results[n] for n in names})
+            if requested:  # those, in the order asked for
+                results = {n: results[n] for n in requested}
+            return InferResult(model, results)
         except ServingError as error:
             code = error.code
             raise
@@ -137,7 +140,12 @@ class DataPlane:
             self._inflight.exit()
             seconds = time.perf_counter() - started
             if model is not None:
-                model.stats.observe_request(code is grpc.StatusCode.OK, rows, seconds)
+                model.stats.observe_request(protocol, code, rows, seconds)
+            elif self.metrics is not None:
+                known = name in self.repository
+                self.metrics.observe_unresolved(
+                    name if known else UNKNOWN_MODEL, "", protocol, code, seconds
+                )
             if self.access_log_sample and random.random() < self.access_log_sample:
                 access_log.info(
                     "%s model=%s version=%s code=%s rows=%d ms=%.3f",
@@ -148,13 +156,4 @@ class DataPlane:
                     rows,
                     seconds * 1000,
                     extra={"protocol": protocol, "model": name, "code": code.name},
-                )
-            if self.metrics is not None:
-                known = model is not None or name in self.repository
-                self.metrics.observe_request(
-                    name if known else UNKNOWN_MODEL,
-                    str(model.version) if model is not None else "",
-                    protocol,
-                    code.name,
-                    seconds,
                 )

@@ -37,7 +37,7 @@ from service.settings import (
     VersionPolicy,
 )
 from service.signature import Signature, Tensors
-from service.stats import ExecutionObserver, ExecutionStats, InflightCounter, Observers
+from service.stats import ExecutionStats, InflightCounter
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +181,10 @@ class ModelRepository:
         self.load_runner = load_runner
         # called on every state change with (version, previous state, seconds in it)
         self.listeners: list[Callable[[ModelVersion, ModelState, float], None]] = []
-        # extra observers of a version's executions (metrics), besides its own stats
-        self.observer_factories: list[Callable[[ModelVersion], ExecutionObserver]] = []
         # explicit model control: the models asked for; None = every model on disk
         self.requested: set[str] | None = None
         self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._newest: dict[str, ModelVersion] = {}  # name -> newest AVAILABLE version
         self._locks: dict[str, asyncio.Lock] = {}
         self._load_slot: asyncio.Semaphore | None = None
         self._seen: dict[tuple[str, int], Fingerprint] = {}  # poll mode: last fingerprint seen
@@ -231,6 +230,8 @@ class ModelRepository:
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         """The version that serves (name, version); "" = the newest AVAILABLE version."""
+        if not version and (newest := self._newest.get(name)) is not None:
+            return newest  # every request of most clients: one lookup
         versions = self._models.get(check_model_name(name))
         if not versions:
             raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
@@ -418,6 +419,11 @@ class ModelRepository:
             log.error(line, *args)
         else:
             log.info(line, *args)
+        available = [v for v in self.versions(mv.name) if v.state is ModelState.AVAILABLE]
+        if available:
+            self._newest[mv.name] = available[-1]
+        else:
+            self._newest.pop(mv.name, None)
         for listener in self.listeners:
             listener(mv, previous, took)
 
@@ -455,11 +461,10 @@ class ModelRepository:
                 self._set_state(mv, ModelState.FAILED, f"{type(error).__name__}: {error}")
                 return
         batching = mv.settings.batching
-        observer = Observers(mv.stats, *(factory(mv) for factory in self.observer_factories))
         if batching.enabled:
-            mv.batcher = DynamicBatcher(runner, batching, name=mv.name, observer=observer)
+            mv.batcher = DynamicBatcher(runner, batching, name=mv.name, observer=mv.stats)
         else:
-            runner.observer = observer
+            runner.observer = mv.stats
         mv.runner = runner
         self._set_state(mv, ModelState.AVAILABLE)
 

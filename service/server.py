@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +48,7 @@ from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from service.repository import ModelRepository, ModelState, ModelVersion
 from service.runner import configure_tensorflow, freeze_startup_objects
 from service.settings import ServerConfig
+from service.threads import name_thread
 from service.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,6 @@ class Server:
         self.registry = settings.registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.repository.listeners.append(self.metrics.on_state_change)
-        self.repository.observer_factories.append(self.metrics.observer)
         self.dataplane = DataPlane(self.repository, self.metrics, settings.access_log_sample)
         self.http = HttpListener(self.repository, self.registry, self.ready, self.live)
         self._health = health.aio.HealthServicer()
@@ -121,10 +122,20 @@ class Server:
     async def start(self) -> None:
         """Listen first (health answers NOT_SERVING while models load), then load every model."""
         credentials = server_credentials(self.settings.tls) if self.settings.tls else None
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(
+            ThreadPoolExecutor(
+                thread_name_prefix="plexserve-io",
+                initializer=name_thread,
+                initargs=("plexserve-io",),
+            )
+        )  # loads, warm-ups, closes
+        self._spawn(self._watch_loop())
         gpus = configure_tensorflow(
             self.settings.intra_op_threads, self.settings.inter_op_threads, self.settings.device
         )
         log.info("TensorFlow devices: %s", ", ".join(gpus) or "CPU only")
+
         log.info("froze %d start-up objects out of the garbage collector", freeze_startup_objects())
         limit = self.settings.max_message_bytes
         options = [
@@ -168,6 +179,8 @@ class Server:
             security = "TLS, client certificates required" if mutual else "TLS"
         await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
         await self._grpc.start()
+        # (after gRPC started its own threads, which would take the name over)
+        name_thread("plexserve-loop")
         log.info("gRPC listening on %s:%d (%s)", self.settings.host, self.grpc_port, security)
         if self.settings.http_port is not None:
             await self.http.start(self.settings.host, self.settings.http_port)
@@ -187,6 +200,15 @@ class Server:
         await self.repository.load_all()
         if settings.model_control == "poll":
             self._spawn(self.repository.poll_forever(settings.poll_interval))
+
+    async def _watch_loop(self, interval: float = 1.0) -> None:
+        """Publish the share of each second the event loop's thread spends on the CPU."""
+        cpu, wall = time.thread_time(), time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now_cpu, now_wall = time.thread_time(), time.monotonic()
+            self.metrics.event_loop_busy.set(min(1.0, (now_cpu - cpu) / (now_wall - wall)))
+            cpu, wall = now_cpu, now_wall
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

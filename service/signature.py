@@ -8,7 +8,7 @@ so every protocol applies the same rules with the same messages. Pure data: no T
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,10 +52,10 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     shape: Shape  # None = any size; dimension 0 is the batch dimension
+    datatype: str = field(init=False)  # the OIP datatype name
 
-    @property
-    def datatype(self) -> str:
-        return datatype_of(self.dtype)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "datatype", datatype_of(self.dtype))
 
     def empty(self, rows: int = 0) -> np.ndarray:
         """An array of `rows` rows of this spec (unknown non-batch dimensions become 0)."""
@@ -67,71 +67,79 @@ class TensorSpec:
 class Signature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
+    # per input: (name, dtype, rank, fixed (axis, size) pairs, one scalar per row): what
+    # `validate` checks, computed once
+    _checks: tuple[tuple[str, np.dtype, int, tuple[tuple[int, int], ...], bool], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
-    def conform(self, tensors: Tensors) -> Tensors:
-        """Accept [batch, 1] for an input that takes one scalar per row ([batch]): the shape
-        Triton-style clients send for such inputs (ModelConfig declares dims [1], reshape [])."""
-        for name, array in tensors.items():
-            spec = self.inputs.get(name)
-            if (
-                spec is not None
-                and len(spec.shape) == 1
-                and array.ndim == 2
-                and array.shape[1] == 1
-            ):
-                tensors[name] = array.reshape(array.shape[0])
-        return tensors
+    def __post_init__(self) -> None:
+        checks = tuple(
+            (
+                name,
+                spec.dtype,
+                len(spec.shape),
+                tuple((axis, d) for axis, d in enumerate(spec.shape) if d is not None),
+                len(spec.shape) == 1,
+            )
+            for name, spec in self.inputs.items()
+        )
+        object.__setattr__(self, "_checks", checks)
 
-    def validate(self, tensors: Mapping[str, np.ndarray]) -> int:
+    def validate(self, tensors: Tensors) -> int:
         """Check names, dtypes and shapes; return the batch size (rows) shared by all inputs.
 
-        Raises InvalidInput naming the offending input with the expected and received values.
+        An input that takes one scalar per row ([batch]) is also accepted as [batch, 1], the
+        shape Triton-style clients send for it (ModelConfig declares dims [1], reshape []): it
+        is reshaped in `tensors`. Raises InvalidInput naming the offending input with the
+        expected and received values.
         """
-        expected, received = set(self.inputs), set(tensors)
-        if expected != received:
-            missing, unexpected = sorted(expected - received), sorted(received - expected)
-            parts = []
-            if missing:
-                parts.append(f"missing inputs {missing}")
-            if unexpected:
-                parts.append(f"unexpected inputs {unexpected}")
-            raise InvalidInput(f"{' and '.join(parts)}; the model takes {sorted(expected)}")
-        rows: int | None = None
+        if len(tensors) != len(self._checks) or not all(n in tensors for n in self.inputs):
+            self._refuse_names(tensors)
+        rows = -1
         first = ""
-        for name, spec in self.inputs.items():
+        for name, dtype, rank, fixed, scalar_rows in self._checks:
             array = tensors[name]
-            if datatype_of(array.dtype) != spec.datatype:
+            shape = array.shape
+            if array.dtype != dtype and not (dtype.kind == "O" and array.dtype.kind in "OSU"):
                 raise InvalidInput(
-                    f"input '{name}': expected datatype {spec.datatype}, "
+                    f"input '{name}': expected datatype {datatype_of(dtype)}, "
                     f"received {datatype_of(array.dtype)}"
                 )
-            if array.ndim != len(spec.shape) or any(
-                want is not None and want != got
-                for want, got in zip(spec.shape, array.shape, strict=True)
-            ):
+            if scalar_rows and len(shape) == 2 and shape[1] == 1:
+                array = tensors[name] = array.reshape(shape[0])
+                shape = array.shape
+            if len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
                 raise InvalidInput(
-                    f"input '{name}': expected shape {format_shape(spec.shape)}, "
-                    f"received {format_shape(array.shape)}"
+                    f"input '{name}': expected shape {format_shape(self.inputs[name].shape)}, "
+                    f"received {format_shape(shape)}"
                 )
-            if rows is None:
-                rows, first = array.shape[0], name
-            elif array.shape[0] != rows:
+            if rows < 0:
+                rows, first = shape[0], name
+            elif shape[0] != rows:
                 raise InvalidInput(
                     f"inputs disagree on the batch dimension: '{first}' has {rows} rows, "
-                    f"'{name}' has {array.shape[0]}"
+                    f"'{name}' has {shape[0]}"
                 )
-        return rows or 0
+        return max(rows, 0)
 
-    def select_outputs(self, requested: Sequence[str]) -> list[str]:
-        """The output names to return: all of them when `requested` is empty."""
-        if not requested:
-            return list(self.outputs)
+    def _refuse_names(self, tensors: Mapping[str, np.ndarray]) -> None:
+        expected, received = set(self.inputs), set(tensors)
+        missing, unexpected = sorted(expected - received), sorted(received - expected)
+        parts = []
+        if missing:
+            parts.append(f"missing inputs {missing}")
+        if unexpected:
+            parts.append(f"unexpected inputs {unexpected}")
+        raise InvalidInput(f"{' and '.join(parts)}; the model takes {sorted(expected)}")
+
+    def check_outputs(self, requested: Sequence[str]) -> None:
+        """Refuse output names the model does not have."""
         unknown = [name for name in requested if name not in self.outputs]
         if unknown:
             raise InvalidInput(
                 f"unknown requested outputs {unknown}; the model has outputs {sorted(self.outputs)}"
             )
-        return list(requested)
 
 
 def format_signature(signature: Signature) -> str:

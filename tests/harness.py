@@ -16,6 +16,7 @@ import grpc
 import keras
 import numpy as np
 
+from service.loop import ServingEventLoop
 from service.proto import grpc_service_pb2 as pb
 from service.proto import grpc_service_pb2_grpc as pb_grpc
 from service.server import Server, ServerSettings
@@ -44,7 +45,7 @@ class RunningServer:
     """Server.start() on a private loop thread; `stub` talks to it over a real channel."""
 
     def __init__(self, repository: Path, **settings: Any) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = ServingEventLoop()  # the loop `plexserve serve` runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.server: Server = self.run(

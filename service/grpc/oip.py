@@ -167,11 +167,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             result.model.signature,
         )
 
-    @grpc_errors
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return await self._infer(request, context.time_remaining())
+        # The boundary of `grpc_errors`, inlined: every request passes here.
+        try:
+            return await self._infer(request, context.time_remaining())
+        except Exception as error:  # noqa: BLE001 - converted once, here
+            code, message = status_of(error, "ModelInfer")
+        await context.abort(code, message)
+        raise AssertionError("abort raises")
 
     async def ModelStreamInfer(
         self,

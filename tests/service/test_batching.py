@@ -10,29 +10,48 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
-from service.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded, QueueFull
+from service.batching import Done, DynamicBatcher
+from service.errors import InvalidInput, QueueDeadlineExceeded, QueueFull
 from service.settings import BatchingSettings
 from service.signature import Signature, Tensors
 from service.stats import ExecutionStats
 
 
 class GatedRunner:
-    """Doubles `x`; every call waits until the test releases it. Records what it was given."""
+    """Doubles `x`; each of the first `gated` executions (all, by default) waits until the test
+    releases it. Records what it was given."""
 
     signature = Signature({}, {})
 
-    def __init__(self, transform: Callable[[Tensors], Tensors] | None = None) -> None:
+    def __init__(
+        self, transform: Callable[[Tensors], Tensors] | None = None, gated: int | None = None
+    ) -> None:
         self.calls: list[Tensors] = []
         self.gates: list[asyncio.Event] = []
         self.transform = transform or (lambda inputs: {"y": inputs["x"] * 2})
+        self.gated = gated
+        self._running: set[asyncio.Task[None]] = set()
 
-    async def run(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+    def submit(self, inputs: Tensors, done: Done, deadline: float | None = None) -> None:
         self.calls.append(inputs)
         gate = asyncio.Event()
-        self.gates.append(gate)
-        await gate.wait()
-        return self.transform(inputs)
+        if self.gated is None or len(self.calls) <= self.gated:
+            self.gates.append(gate)
+        else:
+            gate.set()
+
+        async def execute() -> None:
+            await gate.wait()
+            try:
+                outputs = self.transform(inputs)
+            except Exception as error:  # noqa: BLE001 - handed back, as a runner does
+                done(None, error, 0.0, 0.0)
+            else:
+                done(outputs, None, 0.0, 0.0)
+
+        task = asyncio.get_running_loop().create_task(execute())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     def rows(self) -> list[int]:
         return [len(call["x"]) for call in self.calls]
@@ -233,43 +252,14 @@ def test_a_cancelled_request_leaves_the_queue() -> None:
     scenario(body)
 
 
-def test_outputs_whose_rows_differ_from_the_batch_fail_every_request_of_it() -> None:
-    async def body() -> None:
-        runner = GatedRunner(transform=lambda inputs: {"y": inputs["x"][:1]})
-        batcher = make(runner, max_batch_size=8)
-        blocker = asyncio.create_task(batcher.run(x(0)))
-        await settle()
-        batch = [asyncio.create_task(batcher.run(x(v))) for v in (1, 2)]
-        await settle()
-        await runner.release(0)
-        await runner.release(1)
-        await blocker  # 1 row in, 1 row out: fine
-        for task in batch:
-            with pytest.raises(
-                ExecutionFailed, match=r"output 'y' with shape \[1, 1\] for a batch of 2"
-            ):
-                await task
-
-    scenario(body)
-
-
 def test_one_requests_bad_values_do_not_fail_the_others_in_its_batch() -> None:
     def reject_negative(inputs: Tensors) -> Tensors:
         if (inputs["x"] < 0).any():
             raise InvalidInput("indices[0] = -1 is not in [0, 10)")
         return {"y": inputs["x"] * 2}
 
-    class RejectingRunner(GatedRunner):
-        async def run(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
-            self.calls.append(inputs)
-            if len(self.calls) <= 2:
-                gate = asyncio.Event()
-                self.gates.append(gate)
-                await gate.wait()
-            return reject_negative(inputs)
-
     async def body() -> None:
-        runner = RejectingRunner()
+        runner = GatedRunner(reject_negative, gated=2)
         batcher = make(runner, max_batch_size=8)
         blocker = asyncio.create_task(batcher.run(x(0)))
         await settle()
@@ -315,8 +305,10 @@ def test_instances_run_batches_concurrently() -> None:
     async def body() -> None:
         runner = GatedRunner()
         batcher = make(runner, max_batch_size=8, instances=2)
-        tasks = [asyncio.create_task(batcher.run(x(v))) for v in (1, 2, 3)]
-        await settle()
+        tasks = []
+        for v in (1, 2, 3):  # arriving one by one: each takes a free slot, if there is one
+            tasks.append(asyncio.create_task(batcher.run(x(v))))
+            await settle()
         assert runner.rows() == [1, 1]  # two slots: two executions at once
         await runner.release(0)
         await settle()
@@ -337,5 +329,43 @@ def test_an_empty_queue_takes_a_request_larger_than_its_bound() -> None:
             await runner.release(index)
             await settle()
         assert (await task)["y"].shape == (5, 1)
+
+    scenario(body)
+
+
+def test_a_large_requests_chunks_take_turns_with_the_requests_behind_it() -> None:
+    async def body() -> None:
+        runner = GatedRunner(gated=0)
+        batcher = make(runner, max_batch_size=4)
+        values = np.arange(12, dtype=np.float32).reshape(12, 1)
+        large = asyncio.create_task(batcher.run({"x": values}))
+        small = [asyncio.create_task(batcher.run(x(100 + v))) for v in range(3)]
+        result = await large
+        await asyncio.gather(*small)
+        # 12 rows in chunks of 4; the three small requests (queued after it) share the second
+        # batch instead of waiting for all three chunks
+        assert runner.rows() == [4, 4, 4, 3]
+        assert runner.calls[1]["x"].ravel().tolist() == [100.0, 101.0, 102.0, 4.0]
+        np.testing.assert_array_equal(result["y"], values * 2)  # reassembled in order
+
+    scenario(body)
+
+
+def test_a_cancelled_large_request_stops_being_computed() -> None:
+    async def body() -> None:
+        runner = GatedRunner()
+        batcher = make(runner, max_batch_size=2)
+        large = asyncio.create_task(batcher.run({"x": np.zeros((1000, 1), np.float32)}))
+        await settle()
+        assert runner.rows() == [2] and batcher.queued_rows == 998
+        large.cancel()
+        await settle()
+        assert batcher.queued_rows == 0
+        await runner.release(0)
+        after = asyncio.create_task(batcher.run(x(7)))
+        await settle()
+        await runner.release(1)
+        assert (await after)["y"].tolist() == [[14.0]]
+        assert runner.rows() == [2, 1]  # nothing more of the cancelled request ran
 
     scenario(body)

@@ -2,8 +2,8 @@
 `plexserve serve` subprocess, and the end of the grace period in-process.
 
 The model is slow on purpose: batching caps executions at 8 rows, so a request of BLOCKER_ROWS
-rows runs as hundreds of executions (a second or more), and requests sent after it wait behind
-it in the batcher's queue. Conditions are waited for (log lines, health Watch, the in-flight
+rows runs as hundreds of executions (a second or more); requests sent after it take turns with
+its chunks in the batcher's queue. Conditions are waited for (log lines, health Watch, the in-flight
 gauge), never slept for.
 """
 
@@ -171,12 +171,11 @@ def test_sigterm_answers_the_requests_in_flight_refuses_new_ones_and_exits_0(
     watch = server.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
     assert next(s.status for s in watch if s.status == SERVING) == SERVING
 
-    # One long request runs; 49 short ones queue behind it in the batcher.
-    blocker = server.stub.ModelInfer.future(infer_request("slow", rows(BLOCKER_ROWS)), timeout=60)
-    wait_until(lambda: server.inflight() == 1)
-    queued = [
-        server.stub.ModelInfer.future(infer_request("slow", rows(16)), timeout=60)
-        for _ in range(IN_FLIGHT - 1)
+    # 50 requests share the model, a chunk of each in turn: 2000 executions of 8 rows in all.
+    share = BLOCKER_ROWS // IN_FLIGHT
+    accepted = [
+        server.stub.ModelInfer.future(infer_request("slow", rows(share)), timeout=60)
+        for _ in range(IN_FLIGHT)
     ]
     wait_until(lambda: server.inflight() == IN_FLIGHT)
 
@@ -204,16 +203,17 @@ def test_sigterm_answers_the_requests_in_flight_refuses_new_ones_and_exits_0(
     unavailable = "plexserve_requests_total"
     assert server.metric(unavailable, model="slow", protocol="v2", code="UNAVAILABLE") == 2
     assert server.metric(unavailable, model="slow", protocol="tfserving", code="UNAVAILABLE") == 1
-    assert not blocker.done()  # the refusals came while the accepted requests were still running
+    # the refusals came while the accepted requests were still running
+    assert not any(future.done() for future in accepted)
     ready = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/v2/health/ready")
     with pytest.raises(urllib.error.HTTPError) as not_ready:
         urllib.request.urlopen(ready, timeout=10)
     assert not_ready.value.code == 503
 
     expected = slow_repository[1]
-    for future, count in [(blocker, BLOCKER_ROWS)] + [(f, 16) for f in queued]:
+    for future in accepted:
         y = output_arrays(future.result())["y"]
-        assert y.shape == (count, 1)
+        assert y.shape == (share, 1)
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-6)  # (batch-size rounding)
     assert server.process.wait(grace) == 0
     assert time.monotonic() - signalled < grace
@@ -262,10 +262,13 @@ def test_requests_still_running_when_the_grace_period_ends_get_unavailable(
         started = time.monotonic()
         server.run(server.server.stop(grace=0.5))
         assert time.monotonic() - started < 5
-        for future in [blocker, *queued]:  # queued ones are answered too, none is left hanging
-            error = future.exception(10)
-            assert error.code() is grpc.StatusCode.UNAVAILABLE
-            assert error.details() == "Cancelling all calls"
+        # the short requests ran between the blocker's chunks and were answered in the grace
+        # period; the blocker was not, and is answered too: none is left hanging
+        for future in queued:
+            assert output_arrays(future.result(10))["y"].shape == (16, 1)
+        error = blocker.exception(10)
+        assert error.code() is grpc.StatusCode.UNAVAILABLE
+        assert error.details() == "Cancelling all calls"
         assert server.server.dataplane.inflight == 0
     finally:
         server.close()
