@@ -263,8 +263,10 @@ def parser() -> argparse.ArgumentParser:
         "--tf-intra-op-threads",
         type=int,
         default=None,
-        help="threads inside one TensorFlow op (default: all cores but one, left to the gRPC "
-        "front end; 0: TensorFlow's default, every core)",
+        help="threads inside one TensorFlow op (default: the CPUs this process may use -- its "
+        "cgroup CPU quota, e.g. a pod's CPU limit, and affinity mask, not the node's cores -- "
+        "rounded up, minus one left to the gRPC front end; 0: TensorFlow's default, every core "
+        "of the node)",
     )
     group.add_argument(
         "--tf-inter-op-threads",
