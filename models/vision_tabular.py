@@ -35,9 +35,9 @@ def vision_tabular(
 
     # A strided stem and a pooling step: the blocks run at 1/4 of the image's side, which keeps
     # one row at about 0.2 ms of CPU, the cost the benchmarks are sized for.
-    x = keras.layers.Conv2D(
-        filters, 3, strides=2, padding="same", activation="relu", name="stem"
-    )(image)
+    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name="stem")(
+        image
+    )
     x = keras.layers.MaxPooling2D(2, name="stem_pool")(x)
     x = inception_block(x, filters, "inception")  # 4 * filters channels
     x = residual_block(x, 2 * filters, "residual")  # projection: 4 * filters -> 2 * filters
