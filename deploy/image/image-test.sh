@@ -181,25 +181,30 @@ stop_server mounted 25
 # What the server left in /tmp (the emptyDir): it must need nothing else writable.
 step "files the server wrote (all under /tmp): $(cd "$WORK/baked/tmp" && find . -mindepth 1 | head -n 5 | tr '\n' ' ')"
 
-# in_image IMAGE COMMAND...: runs a command in a throwaway container of IMAGE, as its user.
+# in_image IMAGE OUTPUT_FILE COMMAND...: runs a command in a throwaway container of IMAGE, as its
+# user, its output in OUTPUT_FILE (not in a $(...) subshell, where a failure would not stop us).
 in_image() {
-    local image=$1 output
-    shift
+    local image=$1 output=$2
+    shift 2
     container=$($BUILDAH from --pull=never "$image")
-    output=$($BUILDAH run --isolation chroot --user "$user" "$container" -- "$@")
+    if ! $BUILDAH run --isolation chroot --user "$user" "$container" -- "$@" >"$output" 2>"$output.err"; then
+        cat "$output.err"
+        echo "image-test: FAIL (in $image: $*)"
+        exit 1
+    fi
     $BUILDAH rm "$container" >/dev/null
     container=""
-    echo "$output"
 }
 
 # 3. TensorFlow's wheel in each variant, and the images' sizes.
-packages=$(in_image "$IMAGE" pip list --format=freeze)
-if ! echo "$packages" | grep -q '^tensorflow-cpu==' || echo "$packages" | grep -q '^tensorflow=='; then
-    echo "$packages" | grep -i tensorflow
+# pip spells the project tensorflow_cpu or tensorflow-cpu depending on its version.
+in_image "$IMAGE" "$WORK/cpu-packages.txt" pip list --format=freeze
+if ! grep -Eq '^tensorflow[-_]cpu==' "$WORK/cpu-packages.txt" || grep -q '^tensorflow==' "$WORK/cpu-packages.txt"; then
+    grep -i tensorflow "$WORK/cpu-packages.txt"
     echo "image-test: FAIL (the CPU image must hold tensorflow-cpu, not tensorflow)"
     exit 1
 fi
-step "cpu: $(echo "$packages" | grep -E '^tensorflow(-cpu)?==' | tr '\n' ' ')"
+step "cpu: $(grep -Ei '^tensorflow' "$WORK/cpu-packages.txt" | tr '\n' ' ')"
 gpu_size="not built (IMAGE_TEST_GPU=0)"
 if [ "$IMAGE_TEST_GPU" = 1 ]; then
     # The vfs driver copies every layer: free the CPU image's space first.
@@ -207,7 +212,9 @@ if [ "$IMAGE_TEST_GPU" = 1 ]; then
     step "buildah bud VARIANT=gpu -> $GPU_IMAGE (log: $WORK/build-gpu.log; built only: no GPU here)"
     build gpu "$GPU_IMAGE" "$WORK/build-gpu.log"
     gpu_size=$($BUILDAH images --format '{{.Size}}' "$GPU_IMAGE")
-    step "gpu: $(in_image "$GPU_IMAGE" python3 -c 'import tensorflow as tf; print("tensorflow", tf.__version__, "imports; GPUs visible here:", len(tf.config.list_physical_devices("GPU")))' 2>/dev/null | tail -n 1)"
+    in_image "$GPU_IMAGE" "$WORK/gpu-import.txt" python3 -c \
+        'import tensorflow as tf; print("tensorflow", tf.__version__, "imports; GPUs visible here:", len(tf.config.list_physical_devices("GPU")))'
+    step "gpu: $(tail -n 1 "$WORK/gpu-import.txt")"
 fi
 step "image sizes: cpu $cpu_size, gpu $gpu_size"
 echo "image-test: PASS in $(elapsed)"
