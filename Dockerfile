@@ -14,8 +14,10 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS builder
-# cpu: requirements.lock as it is. gpu: the same, plus TensorFlow's `and-cuda` extra (the NVIDIA
-# CUDA/cuDNN wheels), pinned by deploy/image/constraints.txt with what the lock does not hold.
+# cpu: `tensorflow-cpu` instead of `tensorflow`: the same version and module, the same speed on a
+# CPU, half the wheel (no CUDA kernels). gpu: `tensorflow[and-cuda]` (plus the NVIDIA CUDA/cuDNN
+# wheels). Both at the versions requirements.lock pins, with deploy/image/constraints.txt for what
+# the lock does not hold (tensorflow-cpu, the NVIDIA wheels).
 ARG VARIANT=cpu
 ARG DEMO_MODELS="echo mlp multi_input inception residual shared_encoder multi_output text_classifier multi_task"
 ENV PIP_NO_CACHE_DIR=1 \
@@ -27,18 +29,22 @@ WORKDIR /src
 
 # Dependencies first (their layer survives source changes): the project's runtime dependencies as
 # pyproject.toml lists them, at the versions requirements.lock pins. No test or lint tools.
+# tensorflow-serving-api (protos and stubs only) declares `tensorflow` as a dependency, which would
+# bring the full wheel back next to tensorflow-cpu: it is installed without dependencies (its
+# others, grpcio and protobuf, are ours too). `import tensorflow` is the same with either wheel.
 COPY pyproject.toml requirements.lock deploy/image/constraints.txt ./
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
     case "$VARIANT" in \
-        cpu) set -- ;; \
-        gpu) set -- "tensorflow[and-cuda]" ;; \
+        cpu) tensorflow="tensorflow-cpu" ;; \
+        gpu) tensorflow="tensorflow[and-cuda]" ;; \
         *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 2 ;; \
     esac; \
     python3 -m venv /opt/plexserve; \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/dependencies.txt; \
+    python3 -c 'import re, tomllib; dependencies = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in dependencies if re.split(r"[^A-Za-z0-9._-]", d)[0] not in ("tensorflow", "tensorflow-serving-api")))' > /tmp/dependencies.txt; \
     /opt/plexserve/bin/pip install --quiet -c requirements.lock -c constraints.txt \
-        -r /tmp/dependencies.txt "$@"
+        -r /tmp/dependencies.txt "$tensorflow"; \
+    /opt/plexserve/bin/pip install --quiet --no-deps -c requirements.lock tensorflow-serving-api
 
 COPY README.md ./
 COPY models ./models

@@ -70,7 +70,8 @@ TOOLS_STAMP := $(TOOLS_VENV)/.installed-stamp
 VARIANT ?= cpu
 IMAGE ?= plexserve:$(VARIANT)
 
-# hadolint, shellcheck and kubernetes-validate, in their own venv: never in requirements.lock.
+# hadolint, shellcheck, kubernetes-validate and the kserve SDK (its resource models validate
+# deploy/kserve), in their own venv: never in requirements.lock.
 tools: $(TOOLS_STAMP)
 
 $(TOOLS_STAMP): deploy/tools-requirements.txt
@@ -88,7 +89,8 @@ image:
 image-test: $(STAMP)
 	deploy/image/image-test.sh
 
-# Renders and validates the Kubernetes manifests, lints the Dockerfile and scripts (tests/deploy).
+# Renders and validates the Kubernetes and KServe manifests, lints the Dockerfile and scripts
+# (tests/deploy).
 deploy-check: $(STAMP) tools
 	@command -v kubectl >/dev/null || echo "deploy-check: kubectl is not installed: the rendering tests will skip"
 	$(BIN)/python -m pytest -q tests/deploy $(PYTEST_ARGS)

@@ -13,8 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.logs import configure_logging
+
+if TYPE_CHECKING:  # the serving modules import TensorFlow: `bench` must not load them
+    from service.repository import SingleModel
+    from service.server import ServerSettings
 
 DEFAULT_REPOSITORY = "model_repository"
 log = logging.getLogger("plexserve")
@@ -74,12 +79,38 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from service.server import ServerSettings, serve
+def single_model(args: argparse.Namespace) -> SingleModel | None:
+    """`--model-name NAME --model-dir DIR`: the one model to serve (KServe), or None."""
+    from service.repository import SingleModel, check_model_name
+    from service.settings import SettingsError
+
+    if args.model_name is None and args.model_dir is None:
+        return None
+    if args.model_name is None or args.model_dir is None:
+        raise SettingsError(
+            "--model-name and --model-dir go together: serve the model in DIR as NAME"
+        )
+    directory = args.model_dir
+    if not directory.is_dir():
+        raise SettingsError(f"--model-dir {directory}: no such directory")
+    model = SingleModel(check_model_name(args.model_name), directory)
+    if not model.versions() and args.model_control != "poll":
+        raise SettingsError(
+            f"--model-dir {directory} holds no SavedModel: expected {directory}/saved_model.pb "
+            f"(served as version 1) or version folders {directory}/N/saved_model.pb "
+            "(--model-control poll waits for them)"
+        )
+    return model
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    """The ServerSettings `plexserve serve` runs with, from its parsed flags."""
+    from service.server import ServerSettings
     from service.settings import ServerConfig
     from service.tls import tls_files
 
     tls = tls_files(args.tls_cert, args.tls_key, args.tls_client_ca)
+    single = single_model(args)
     _registry(args.builders_module)
     batching = {
         key: value
@@ -92,8 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ]
         if value is not None
     }
-    settings = ServerSettings(
-        repository=args.repo,
+    return ServerSettings(
+        repository=single.directory if single else args.repo,
+        single_model=single,
         config=ServerConfig.load(args.config),
         model_flags={"batching": batching} if batching else {},
         host=args.host,
@@ -111,10 +143,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load_models=tuple(args.load_model),
         tls=tls,
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from service.loop import ServingEventLoop
+    from service.server import serve
 
     with asyncio.Runner(loop_factory=ServingEventLoop) as runner:
-        runner.run(serve(settings))
+        runner.run(serve(server_settings(args)))
     return 0
 
 
@@ -143,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
             help="import MODULE so its @register_builder functions are available",
         )
 
-    def repo(sub: argparse.ArgumentParser) -> None:
+    def repo(sub: argparse._ActionsContainer) -> None:
         sub.add_argument(
             "--repo",
             type=Path,
@@ -175,8 +211,22 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("path", type=Path)
     sub.set_defaults(run=cmd_inspect)
 
-    sub = command("serve", "serve every model of the repository")
-    repo(sub)
+    sub = command("serve", "serve every model of the repository, or one model's folder")
+    where = sub.add_mutually_exclusive_group()
+    repo(where)
+    where.add_argument(
+        "--model-dir",
+        type=Path,
+        metavar="DIR",
+        help="serve this one folder, as --model-name, instead of a repository: DIR holds a "
+        "SavedModel (version 1) or version folders N/ (KServe: --model-dir=/mnt/models); read "
+        "in place, so it may be read-only",
+    )
+    sub.add_argument(
+        "--model-name",
+        metavar="NAME",
+        help="with --model-dir: the model's name (KServe: {{.Name}})",
+    )
     builders_module(sub)
     sub.add_argument("--host", default="0.0.0.0")
     sub.add_argument("--grpc-port", type=int, default=8500)
@@ -266,8 +316,10 @@ def parser() -> argparse.ArgumentParser:
         "--tf-intra-op-threads",
         type=int,
         default=None,
-        help="threads inside one TensorFlow op (default: all cores but one, left to the gRPC "
-        "front end; 0: TensorFlow's default, every core)",
+        help="threads inside one TensorFlow op (default: the CPUs this process may use -- its "
+        "cgroup CPU quota, e.g. a pod's CPU limit, and affinity mask, not the node's cores -- "
+        "rounded up, minus one left to the gRPC front end; 0: TensorFlow's default, every core "
+        "of the node)",
     )
     group.add_argument(
         "--tf-inter-op-threads",

@@ -2,7 +2,8 @@
 
 Layout (TF Serving's): ROOT/NAME/VERSION/saved_model.pb with integer VERSION folders; anything
 else (a build's temporary folder, stray files) is ignored with a debug log line. Every model
-lookup of every front end goes through `resolve`.
+lookup of every front end goes through `resolve`. Or one model in a folder of its own
+(`SingleModel`: KServe's /mnt/models), read where it is.
 
 Lifecycle of a version: LOADING -> WARMING -> AVAILABLE -> UNLOADING -> END, or FAILED(reason).
 `reconcile(name)` brings one model to what its version policy wants among the versions on disk,
@@ -160,6 +161,34 @@ def fingerprint(version_dir: Path) -> Fingerprint:
 
 
 @dataclass(frozen=True)
+class SingleModel:
+    """One model served from a folder of its own, read in place (nothing is copied or written,
+    so a read-only mount works): `plexserve serve --model-name NAME --model-dir DIR`, the layout
+    KServe's storage initializer leaves in /mnt/models. DIR holds either one SavedModel
+    (DIR/saved_model.pb: version 1) or integer version folders (DIR/N/saved_model.pb), like a
+    model folder of a repository; DIR/config.yaml holds the model's settings either way."""
+
+    name: str
+    directory: Path
+
+    def flat(self) -> bool:
+        return (self.directory / "saved_model.pb").is_file()
+
+    def versions(self) -> list[int]:
+        return [1] if self.flat() else scan_model(self.directory)
+
+    def version_path(self, version: int) -> Path:
+        return self.directory if self.flat() else self.directory / str(version)
+
+    def describe(self) -> str:
+        if self.flat():
+            return f"{self.directory} as model '{self.name}': one SavedModel, version 1"
+        versions = self.versions()
+        found = f"versions {versions}" if versions else "no SavedModel yet"
+        return f"{self.directory} as model '{self.name}': {found}"
+
+
+@dataclass(frozen=True)
 class IndexEntry:
     name: str
     version: str
@@ -174,8 +203,10 @@ class ModelRepository:
         config: ServerConfig | None = None,
         flags: dict[str, object] | None = None,
         load_runner: RunnerLoader = load_runner,
+        single_model: SingleModel | None = None,
     ) -> None:
         self.root = root
+        self.single_model = single_model  # set: that one model, instead of scanning `root`
         self.config = config or ServerConfig()
         self.flags = flags or {}
         self.load_runner = load_runner
@@ -188,6 +219,30 @@ class ModelRepository:
         self._locks: dict[str, asyncio.Lock] = {}
         self._load_slot: asyncio.Semaphore | None = None
         self._seen: dict[tuple[str, int], Fingerprint] = {}  # poll mode: last fingerprint seen
+
+    # --- where models are on disk: ROOT/NAME/VERSION, or the one SingleModel ---
+
+    def _scan(self) -> dict[str, list[int]]:
+        if self.single_model is None:
+            return scan(self.root)
+        versions = self.single_model.versions()
+        return {self.single_model.name: versions} if versions else {}
+
+    def _on_disk(self, name: str) -> list[int]:
+        if self.single_model is None:
+            return scan_model(self.root / name)
+        return self.single_model.versions() if name == self.single_model.name else []
+
+    def _folder(self, name: str) -> Path:
+        """The model's own folder (its config.yaml)."""
+        single = self.single_model
+        return single.directory if single and name == single.name else self.root / name
+
+    def _version_path(self, name: str, version: int) -> Path:
+        single = self.single_model
+        if single and name == single.name:
+            return single.version_path(version)
+        return self.root / name / str(version)
 
     # --- queries (event loop) ---
 
@@ -224,7 +279,7 @@ class ModelRepository:
             IndexEntry(mv.name, str(mv.version), mv.state.value, mv.reason)
             for mv in self.all_versions()
         ]
-        for name in sorted(set(scan(self.root)) - set(self._models)):
+        for name in sorted(set(self._scan()) - set(self._models)):
             entries.append(IndexEntry(name, "", "UNAVAILABLE", "not loaded"))
         return entries
 
@@ -284,7 +339,7 @@ class ModelRepository:
         whose load then fails with the settings error for all to see."""
         try:
             settings = self.config.model_settings(
-                name, self.root / name, BatchingSettings(), self.flags
+                name, self._folder(name), BatchingSettings(), self.flags
             )
         except SettingsError:
             return VersionPolicy()
@@ -292,14 +347,14 @@ class ModelRepository:
 
     async def load_all(self) -> None:
         """Reconcile every model on disk (model control `none` and `poll`)."""
-        for name in scan(self.root):
+        for name in self._scan():
             await self.reconcile(name)
 
     async def load_model(self, name: str) -> None:
         """Explicit control: load (or reload, picking up new versions) one model."""
-        model_dir = self._model_dir(name)
-        if not scan_model(model_dir):
-            models = sorted(scan(self.root))
+        self._model_dir(name)
+        if not self._on_disk(name):
+            models = sorted(self._scan())
             raise ModelNotFound(
                 f"no model '{name}' in the repository {self.root}; models: {models}"
             )
@@ -326,7 +381,7 @@ class ModelRepository:
 
     async def poll(self) -> None:
         """One poll: reconcile models on disk, unload models gone from it."""
-        on_disk = scan(self.root)
+        on_disk = self._scan()
         for name in on_disk:
             await self.reconcile(name, settle=True)
         for name in set(self._models) - set(on_disk):
@@ -350,7 +405,7 @@ class ModelRepository:
         poll, so a version being copied in is not loaded half-written.
         """
         async with self._lock(name):
-            found = scan_model(self.root / name)
+            found = self._on_disk(name)
             policy = self.version_policy(name)
             versions = self._models.setdefault(name, {})
             wanted: list[int] = []
@@ -388,7 +443,7 @@ class ModelRepository:
         current = versions.get(version)
         if current is not None and current.state is not ModelState.FAILED:
             return current
-        path = self.root / name / str(version)
+        path = self._version_path(name, version)
         print_ = fingerprint(path)
         if current is not None and current.fingerprint == print_:
             return current  # FAILED and unchanged: retrying would fail the same way
@@ -430,7 +485,7 @@ class ModelRepository:
     def _prepare(self, mv: ModelVersion) -> SignatureRunner:
         """Blocking part of a load (a worker thread): settings, then the SavedModel."""
         mv.settings = self.config.model_settings(
-            mv.name, mv.path.parent, BatchingSettings(), self.flags
+            mv.name, self._folder(mv.name), BatchingSettings(), self.flags
         )
         runner = self.load_runner(mv.path, mv.settings.batching.instances)
         if mv.settings.batching.enabled and not batchable(runner.signature):

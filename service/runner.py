@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import gc
 import logging
-import os
 import queue
 import threading
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
 
+from service.cpu import AvailableCpus, available_cpus, whole_cpus
 from service.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded, UnsupportedModel
 from service.settings import SettingsError
 from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
@@ -38,12 +38,14 @@ SERVING_SIGNATURE = "serving_default"
 _SUPPORTED = set(OIP_DATATYPES.values())
 
 
-def default_intra_op_threads() -> int:
-    """One core is left to the Python front end: it holds the GIL and needs most of a core at
-    high request rates, while TensorFlow's default pools take every core. On 2 cores this
-    multiplied batched throughput at 32 clients by 1.8 and cut a lone request's p50 by 20%
-    (bench/batching.py, README "Dynamic batching")."""
-    return max(1, (os.cpu_count() or 2) - 1)
+def default_intra_op_threads(available: AvailableCpus | None = None) -> int:
+    """The CPUs this process may use (its cgroup quota and affinity mask, not the node's cores:
+    see service/cpu.py), rounded up, minus one left to the Python front end: it holds the GIL and
+    needs most of a core at high request rates, while TensorFlow's default pools take every core.
+    On 2 cores this multiplied batched throughput at 32 clients by 1.8 and cut a lone request's
+    p50 by 20% (bench/batching.py, README "Dynamic batching"). At least 1."""
+    available = available or available_cpus()
+    return max(1, whole_cpus(available.cpus) - 1)
 
 
 def _set_threads(kind: str, wanted: int) -> None:
@@ -65,8 +67,9 @@ def configure_tensorflow(
     "cpu" hides every GPU, "gpu:N" leaves only GPU N visible (SettingsError when there is no GPU
     N). On a GPU, memory growth is turned on so that TensorFlow does not reserve all device
     memory at the first call (several model versions share the device during a swap).
-    `intra_op_threads` None = all cores but one (see default_intra_op_threads); 0 = TensorFlow's
-    own default (every core), for either count. Returns the GPUs in use.
+    `intra_op_threads` None = the CPUs this process may use (its cgroup quota, not the node's
+    cores) but one (see default_intra_op_threads); 0 = TensorFlow's own default (every core of
+    the node), for either count. Returns the GPUs in use.
     """
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cpu" and gpus:
@@ -85,8 +88,14 @@ def configure_tensorflow(
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialized: the setting is fixed for this process
             log.warning("could not enable memory growth on %s: TensorFlow already initialized", gpu)
+    available = available_cpus()
     if intra_op_threads is None:
-        intra_op_threads = default_intra_op_threads()
+        intra_op_threads = default_intra_op_threads(available)
+        log.info(
+            "%s: TensorFlow intra-op threads %d by default", available.describe(), intra_op_threads
+        )
+    else:
+        log.info("%s", available.describe())
     _set_threads("intra_op", intra_op_threads)
     _set_threads("inter_op", inter_op_threads)
     log.info(

@@ -45,7 +45,7 @@ from service.grpc.tfserving import ModelServicer, PredictionServicer
 from service.http import HttpListener
 from service.metrics import Metrics
 from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
-from service.repository import ModelRepository, ModelState, ModelVersion
+from service.repository import ModelRepository, ModelState, ModelVersion, SingleModel
 from service.runner import configure_tensorflow, freeze_startup_objects
 from service.settings import ServerConfig
 from service.threads import name_thread
@@ -84,6 +84,8 @@ class ServerSettings:
     poll_interval: float = 5.0
     load_models: tuple[str, ...] = ()  # explicit mode: loaded at start
     tls: TlsFiles | None = None  # None: plaintext gRPC (HTTP is always plain)
+    # Set: serve this one model from its own folder (KServe's /mnt/models), not a repository.
+    single_model: SingleModel | None = None
 
 
 def server_version() -> str:
@@ -97,7 +99,10 @@ class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.repository = ModelRepository(
-            settings.repository, settings.config, dict(settings.model_flags)
+            settings.repository,
+            settings.config,
+            dict(settings.model_flags),
+            single_model=settings.single_model,
         )
         self.registry = settings.registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -184,6 +189,8 @@ class Server:
         log.info("gRPC listening on %s:%d (%s)", self.settings.host, self.grpc_port, security)
         if self.settings.http_port is not None:
             await self.http.start(self.settings.host, self.settings.http_port)
+        if self.settings.single_model is not None:
+            log.info("serving %s", self.settings.single_model.describe())
         await self._load_models()
         await self._publish_health()
 

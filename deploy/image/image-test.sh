@@ -4,7 +4,11 @@
 # writable, and check it from outside with tests/deploy/image_smoke.py (tritonclient, from .venv):
 #   1. the demo models baked into the image: health, RepositoryIndex, a ModelInfer on every model,
 #      then SIGTERM to the server, which must exit 0 within its grace period;
-#   2. a repository built on the host and mounted read-only over /models, as users run it.
+#   2. a repository built on the host and mounted read-only over /models, as users run it;
+#   3. the CPU image holds tensorflow-cpu, not tensorflow; then (IMAGE_TEST_GPU=1, the default) the
+#      GPU variant is built too, only built (no GPU here) and checked to import TensorFlow, and
+#      the sizes of both images are reported. IMAGE_TEST_GPU=0 skips it (it downloads ~3 GB of
+#      NVIDIA wheels and needs ~40 GB more of disk with the vfs driver for a few minutes).
 # Needs root, buildah and debootstrap (installed with apt-get when missing), and about 11 GB of disk under
 # /var/lib/containers while it runs (the vfs driver copies whole layers). Removes what it made but
 # the base image, which later runs reuse.
@@ -16,6 +20,8 @@ BUILDAH=${BUILDAH:-buildah --storage-driver vfs}
 PYTHON=${PYTHON:-.venv/bin/python}
 WORK=${WORK:-build/image-test}
 KEEP_IMAGE=${KEEP_IMAGE:-0}
+IMAGE_TEST_GPU=${IMAGE_TEST_GPU:-1}
+GPU_IMAGE=${GPU_IMAGE:-localhost/plexserve:image-test-gpu}
 DEMO_MODELS=${DEMO_MODELS:-echo mlp multi_input inception residual shared_encoder multi_output text_classifier multi_task}
 export BUILDAH
 
@@ -39,14 +45,20 @@ secret=()
 if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
     secret=(--secret "id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt")
 fi
-build_started=$(date +%s)
-if ! $BUILDAH bud --isolation chroot --pull=never --build-arg BASE_IMAGE="$BASE_IMAGE" \
-        "${secret[@]}" -t "$IMAGE" . >"$WORK/build.log" 2>&1; then
-    tail -n 40 "$WORK/build.log"
-    echo "image-test: FAIL (image build)"
-    exit 1
-fi
-step "built in $(( $(date +%s) - build_started )) s; size $($BUILDAH images --format '{{.Size}}' "$IMAGE")"
+# build VARIANT TAG LOG
+build() {
+    local build_started
+    build_started=$(date +%s)
+    if ! $BUILDAH bud --isolation chroot --pull=never --build-arg BASE_IMAGE="$BASE_IMAGE" \
+            --build-arg VARIANT="$1" "${secret[@]}" -t "$2" . >"$3" 2>&1; then
+        tail -n 40 "$3"
+        echo "image-test: FAIL ($1 image build)"
+        exit 1
+    fi
+    step "built $2 in $(( $(date +%s) - build_started )) s; size $($BUILDAH images --format '{{.Size}}' "$2")"
+}
+build cpu "$IMAGE" "$WORK/build.log"
+cpu_size=$($BUILDAH images --format '{{.Size}}' "$IMAGE")
 
 # The image's own command (ENTRYPOINT + CMD) and user, read from its config: what a runtime runs.
 config=$($BUILDAH inspect --type image "$IMAGE")
@@ -69,7 +81,7 @@ cleanup() {
         umount "$mountpoint" 2>/dev/null || true
     fi
     if [ -n "$container" ]; then $BUILDAH rm "$container" >/dev/null 2>&1 || true; fi
-    if [ "$KEEP_IMAGE" != 1 ]; then $BUILDAH rmi "$IMAGE" >/dev/null 2>&1 || true; fi
+    if [ "$KEEP_IMAGE" != 1 ]; then $BUILDAH rmi "$IMAGE" "$GPU_IMAGE" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
@@ -168,5 +180,41 @@ stop_server mounted 25
 
 # What the server left in /tmp (the emptyDir): it must need nothing else writable.
 step "files the server wrote (all under /tmp): $(cd "$WORK/baked/tmp" && find . -mindepth 1 | head -n 5 | tr '\n' ' ')"
-step "size of $IMAGE: $($BUILDAH images --format '{{.Size}}' "$IMAGE")"
+
+# in_image IMAGE OUTPUT_FILE COMMAND...: runs a command in a throwaway container of IMAGE, as its
+# user, its output in OUTPUT_FILE (not in a $(...) subshell, where a failure would not stop us).
+in_image() {
+    local image=$1 output=$2
+    shift 2
+    container=$($BUILDAH from --pull=never "$image")
+    if ! $BUILDAH run --isolation chroot --user "$user" "$container" -- "$@" >"$output" 2>"$output.err"; then
+        cat "$output.err"
+        echo "image-test: FAIL (in $image: $*)"
+        exit 1
+    fi
+    $BUILDAH rm "$container" >/dev/null
+    container=""
+}
+
+# 3. TensorFlow's wheel in each variant, and the images' sizes.
+# pip spells the project tensorflow_cpu or tensorflow-cpu depending on its version.
+in_image "$IMAGE" "$WORK/cpu-packages.txt" pip list --format=freeze
+if ! grep -Eq '^tensorflow[-_]cpu==' "$WORK/cpu-packages.txt" || grep -q '^tensorflow==' "$WORK/cpu-packages.txt"; then
+    grep -i tensorflow "$WORK/cpu-packages.txt"
+    echo "image-test: FAIL (the CPU image must hold tensorflow-cpu, not tensorflow)"
+    exit 1
+fi
+step "cpu: $(grep -Ei '^tensorflow' "$WORK/cpu-packages.txt" | tr '\n' ' ')"
+gpu_size="not built (IMAGE_TEST_GPU=0)"
+if [ "$IMAGE_TEST_GPU" = 1 ]; then
+    # The vfs driver copies every layer: free the CPU image's space first.
+    if [ "$KEEP_IMAGE" != 1 ]; then $BUILDAH rmi "$IMAGE" >/dev/null; fi
+    step "buildah bud VARIANT=gpu -> $GPU_IMAGE (log: $WORK/build-gpu.log; built only: no GPU here)"
+    build gpu "$GPU_IMAGE" "$WORK/build-gpu.log"
+    gpu_size=$($BUILDAH images --format '{{.Size}}' "$GPU_IMAGE")
+    in_image "$GPU_IMAGE" "$WORK/gpu-import.txt" python3 -c \
+        'import tensorflow as tf; print("tensorflow", tf.__version__, "imports; GPUs visible here:", len(tf.config.list_physical_devices("GPU")))'
+    step "gpu: $(tail -n 1 "$WORK/gpu-import.txt")"
+fi
+step "image sizes: cpu $cpu_size, gpu $gpu_size"
 echo "image-test: PASS in $(elapsed)"

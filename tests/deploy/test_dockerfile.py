@@ -46,5 +46,44 @@ def test_base_image_and_variant_are_build_arguments() -> None:
     args = instructions("ARG")
     assert "BASE_IMAGE=python:3.11-slim" in args
     assert "VARIANT=cpu" in args
-    assert 'gpu) set -- "tensorflow[and-cuda]"' in DOCKERFILE.read_text()
     assert all(line.startswith("${BASE_IMAGE}") for line in instructions("FROM"))
+
+
+def pins(path: Path) -> dict[str, str]:
+    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+    return dict(line.lower().split("==") for line in lines if "==" in line)
+
+
+def test_cpu_variant_installs_tensorflow_cpu_at_the_locks_tensorflow_version() -> None:
+    """Same TensorFlow in both variants: the CPU one without CUDA kernels (half the wheel)."""
+    text = DOCKERFILE.read_text()
+    assert 'cpu) tensorflow="tensorflow-cpu"' in text
+    assert 'gpu) tensorflow="tensorflow[and-cuda]"' in text
+    # tensorflow-serving-api would pull the full tensorflow wheel back in: no dependencies.
+    assert "--no-deps -c requirements.lock tensorflow-serving-api" in text
+    lock = pins(ROOT / "requirements.lock")
+    constraints = pins(ROOT / "deploy" / "image" / "constraints.txt")
+    assert constraints["tensorflow-cpu"] == lock["tensorflow"]
+    assert lock["tensorflow-serving-api"] == lock["tensorflow"]
+
+
+def test_the_dependency_filter_drops_exactly_tensorflow_and_the_serving_api(tmp_path: Path) -> None:
+    """The Dockerfile's own one-liner, run on pyproject.toml: every other dependency stays."""
+    import subprocess
+    import sys
+    import tomllib
+
+    script = re.search(
+        r"python3 -c '(import re, tomllib;.+?)' > /tmp/dependencies.txt", DOCKERFILE.read_text()
+    )
+    assert script is not None
+    kept = subprocess.run(
+        [sys.executable, "-c", script.group(1)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert set(declared) - set(kept) == {"tensorflow", "tensorflow-serving-api"}
+    assert set(kept) <= set(declared)

@@ -30,5 +30,6 @@ def test_image_builds_runs_read_only_and_answers_model_infer(tmp_path: Path) -> 
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "image-test: PASS" in result.stdout, output[-6000:]
+    assert "image sizes: cpu " in result.stdout  # both variants' sizes, as the README quotes them
     # What the run checked, in its own words (pytest -rA shows it).
     print(result.stdout)

@@ -164,6 +164,30 @@ def test_server_args_are_flags_the_server_accepts(render: Render) -> None:
     assert unknown == []
 
 
+def serve_options() -> set[str]:
+    """Every option string `plexserve serve` accepts."""
+    import argparse
+
+    from service.cli import parser
+
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {o for action in commands.choices["serve"]._actions for o in action.option_strings}
+
+
+def test_every_flag_the_deployment_names_is_one_the_server_takes(render: Render) -> None:
+    """Comments included: advice that names a flag the server refuses stops the pod at start."""
+    text = (K8S / "base" / "deployment.yaml").read_text()
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", text))
+    assert {"--tf-intra-op-threads", "--tf-inter-op-threads"} <= named
+    assert named - serve_options() == set()
+    from service.cli import parser
+
+    server = container(server_pod(render(K8S / "overlays" / "cpu")[1]), "plexserve")
+    advised = [*server["args"], "--tf-intra-op-threads=3", "--tf-inter-op-threads=2"]
+    parsed = parser().parse_args(advised)
+    assert (parsed.tf_intra_op_threads, parsed.tf_inter_op_threads) == (3, 2)
+
+
 def test_the_server_config_comes_from_the_configmap(render: Render, tmp_path: Path) -> None:
     manifests = render(K8S / "overlays" / "cpu")[1]
     pod = server_pod(manifests)
