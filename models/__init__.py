@@ -3,8 +3,8 @@
 Importing this package registers every built-in builder in ``default_registry`` (registration is the
 only import-time side effect). It never imports ``service``: builders know nothing of serving.
 Built-ins: echo, mlp, multi_input, inception, residual, shared_encoder, multi_output,
-text_classifier, multi_task, vision_tabular -- each returns a Functional ``keras.Model`` with named Inputs and
-dict outputs.
+text_classifier, multi_task, vision_tabular -- each returns a Functional ``keras.Model`` with
+named Inputs and dict outputs.
 """
 
 # The builder modules are imported for their registration side effect.

@@ -4,10 +4,11 @@ Contract: inputs ``image`` float32 ``(batch, height, width, channels)`` (``image
 ``features`` float32 ``(batch, feature_dim)``; outputs ``class_probabilities`` float32
 ``(batch, classes)`` (a softmax) and ``score`` float32 ``(batch, 1)`` (linear).
 
-The image goes through a strided stem conv and a pooling step, an inception block (four parallel branches concatenated) and a
-residual block (1x1 projection shortcut, Add), then is pooled; the features go through a dense
-branch; the two are concatenated into the heads. At the defaults the model has 47,051 parameters
-and 32x32x3 images: the model the serving-cost benchmarks (bench/overhead.py) measure against.
+The image goes through a strided stem conv and a pooling step, an inception block (four
+parallel branches concatenated) and a residual block (1x1 projection shortcut, Add), then is
+pooled; the features go through a dense branch; the two are concatenated into the heads. At
+the defaults the model has 47,051 parameters and 32x32x3 images: the model the serving-cost
+benchmarks (bench/overhead.py) measure against.
 Randomly initialised, never trained.
 """
 
@@ -34,9 +35,9 @@ def vision_tabular(
 
     # A strided stem and a pooling step: the blocks run at 1/4 of the image's side, which keeps
     # one row at about 0.2 ms of CPU, the cost the benchmarks are sized for.
-    x = keras.layers.Conv2D(
-        filters, 3, strides=2, padding="same", activation="relu", name="stem"
-    )(image)
+    x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu", name="stem")(
+        image
+    )
     x = keras.layers.MaxPooling2D(2, name="stem_pool")(x)
     x = inception_block(x, filters, "inception")  # 4 * filters channels
     x = residual_block(x, 2 * filters, "residual")  # projection: 4 * filters -> 2 * filters
