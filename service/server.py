@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Coroutine, Mapping
@@ -251,9 +252,22 @@ class Server:
         log.info("shutdown: done in %.1f s", time.monotonic() - started)
 
 
+def raise_open_file_limit() -> None:
+    """Every connection costs a file descriptor: take the hard limit the process is allowed,
+    not the (often 1024) soft one, as servers written in Go do by default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("open-file limit raised from %d to %s", soft, hard)
+        except (ValueError, OSError) as error:
+            log.warning("open-file limit stays %d: %s", soft, error)
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully (`Server.stop`); a signal during
     start-up stops the model loads. A second signal exits at once, status 128 + its number."""
+    raise_open_file_limit()
     server = Server(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
