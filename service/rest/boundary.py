@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from service.codecs.oip_json import dumps
 from service.errors import QueueFull, ServingError
@@ -95,12 +97,12 @@ def _route_error(error: web.HTTPException, request: web.Request) -> web.Response
     return error_response(error.status, error.reason)
 
 
-def error_middleware(accepting: Any) -> Any:
+def error_middleware(accepting: Callable[[], bool]) -> Middleware:
     """Errors to JSON answers; once the server stops taking requests (`accepting()` false),
     every answer closes its connection so that clients reconnect to another replica."""
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = await handler(request)
         except ServingError as error:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import re
 import resource
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tests.service.test_observability import sample, scrape
 from tests.service.test_shutdown import plexserve_command
 
 LIMIT = 2048
+Start = Callable[..., RunningServer]
 
 
 def linear_model() -> keras.Model:
@@ -55,7 +57,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def start(repository: Path) -> Iterator[object]:
+def start(repository: Path) -> Iterator[Start]:
     started: list[RunningServer] = []
 
     def run(**settings: object) -> RunningServer:
@@ -84,8 +86,8 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(start: object) -> None:
-    server = start(max_message_bytes=LIMIT)  # type: ignore[operator]
+def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(start: Start) -> None:
+    server = start(max_message_bytes=LIMIT)
     big = json.dumps(oip_body(rows=200))
     assert len(big) > LIMIT
     reply = rest(server, "/v2/models/m/infer", big)
@@ -116,8 +118,8 @@ def test_a_wrong_content_type_is_415(server: RunningServer) -> None:
         assert reply.status == 200, (content_type, reply.body)
 
 
-def test_stalled_heads_and_bodies_are_cut_off_after_the_read_timeout(start: object) -> None:
-    server = start(http_read_timeout=0.3)  # type: ignore[operator]
+def test_stalled_heads_and_bodies_are_cut_off_after_the_read_timeout(start: Start) -> None:
+    server = start(http_read_timeout=0.3)
     body = json.dumps(oip_body()).encode()
     with connect(server) as sock:  # the body stops after 10 bytes
         sock.sendall(
@@ -137,8 +139,8 @@ def test_stalled_heads_and_bodies_are_cut_off_after_the_read_timeout(start: obje
     assert rest(server, "/v2/models/m/infer", oip_body()).status == 200
 
 
-def test_connections_beyond_the_cap_are_answered_503_and_closed(start: object) -> None:
-    server = start(http_max_connections=3)  # type: ignore[operator]
+def test_connections_beyond_the_cap_are_answered_503_and_closed(start: Start) -> None:
+    server = start(http_max_connections=3)
     held = [connect(server) for _ in range(3)]
     wait_until(lambda: server.server.http.open_connections == 3)
     with connect(server) as refused:
@@ -154,8 +156,8 @@ def test_connections_beyond_the_cap_are_answered_503_and_closed(start: object) -
     assert rest(server, "/v2/health/live").status == 200
 
 
-def test_metrics_and_statistics_count_rest_requests_by_protocol(start: object) -> None:
-    server = start(max_message_bytes=LIMIT)  # type: ignore[operator]
+def test_metrics_and_statistics_count_rest_requests_by_protocol(start: Start) -> None:
+    server = start(max_message_bytes=LIMIT)
     for _ in range(2):
         assert rest(server, "/v2/models/m/infer", oip_body(rows=2)).status == 200
     assert rest(server, "/v1/models/m:predict", {"instances": [[1, 2]]}).status == 200
@@ -183,8 +185,8 @@ def test_metrics_and_statistics_count_rest_requests_by_protocol(start: object) -
     assert {s["name"] for s in everything} == {"m", "merged"}
 
 
-def test_rest_and_grpc_requests_for_one_model_share_executions(start: object) -> None:
-    server = start()  # type: ignore[operator]
+def test_rest_and_grpc_requests_for_one_model_share_executions(start: Start) -> None:
+    server = start()
     channel = grpc.insecure_channel(server.address)
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     x = np.array([[1.0, 2.0]], np.float32)
@@ -223,8 +225,8 @@ def test_a_deadline_that_passes_in_the_queue_is_504(server: RunningServer) -> No
     assert "deadline passed" in message and "not computed" in message
 
 
-def test_shutting_down_answers_503_and_closes_connections(start: object) -> None:
-    server = start()  # type: ignore[operator]
+def test_shutting_down_answers_503_and_closes_connections(start: Start) -> None:
+    server = start()
     server.server.dataplane.refuse_new_requests()
     reply = rest(server, "/v2/models/m/infer", oip_body())
     assert "shutting down" in error_of(reply, 503)
@@ -309,3 +311,17 @@ def test_stalled_clients_cannot_take_every_file_descriptor(repository: Path) -> 
     finally:
         process.kill()
         process.wait(30)
+
+
+def test_the_access_log_names_the_rest_protocol(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start(access_log_sample=1.0)
+    with caplog.at_level(logging.INFO, logger="plexserve.access"):
+        assert rest(server, "/v2/models/m/infer", oip_body()).status == 200
+        assert rest(server, "/v1/models/m:predict", {"instances": [[1, 2], [3, 4]]}).status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "plexserve.access"]
+    assert [line.split(" ms=")[0] for line in lines] == [
+        "v2-rest model=m version=1 code=OK rows=1",
+        "tfserving-rest model=m version=1 code=OK rows=2",
+    ]
