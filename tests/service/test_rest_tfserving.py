@@ -219,3 +219,21 @@ def test_wrong_methods_are_405(examples: RunningServer) -> None:
     assert "GET is not allowed" in error_of(reply, 405)
     assert reply.headers["Allow"] == "POST"
     assert error_of(rest(examples, "/v1/models/half_plus_two", {}, "POST"), 405)
+
+
+def test_the_documented_requests_example_with_a_single_image_input(
+    server: RunningServer, demo_models: dict[str, DemoModel]
+) -> None:
+    # data = json.dumps({"signature_name": "serving_default", "instances": images.tolist()})
+    # requests.post(url, data=data, headers={"content-type": "application/json"})
+    model = demo_models["inception"]
+    images = model.sample(rows=3, seed=6)["image"]
+    data = json.dumps({"signature_name": "serving_default", "instances": images.tolist()})
+    reply = rest(
+        server, "/v1/models/inception:predict", data, "POST", {"content-type": "application/json"}
+    )
+    assert reply.status == 200, reply.body
+    predictions = reply.json()["predictions"]
+    np.testing.assert_allclose(
+        predictions, model.predict({"image": images})["probabilities"], atol=ATOL
+    )
