@@ -9,9 +9,11 @@ HTTP_PORT ?= 8501
 DEMO_MODELS := echo mlp multi_input inception residual shared_encoder multi_output text_classifier multi_task
 PYTEST_ARGS ?=
 # `make perf`: Triton's perf_analyzer against a running plexserve (`make serve` in another shell).
+# PERF_PROTOCOL=http drives the REST port (OIP v2 over HTTP, binary tensors) instead of gRPC.
 PERF_VENV := .perf-venv
 PERF_MODEL ?= multi_task
-PERF_TARGET ?= localhost:$(GRPC_PORT)
+PERF_PROTOCOL ?= grpc
+PERF_TARGET ?= localhost:$(if $(filter http,$(PERF_PROTOCOL)),$(HTTP_PORT),$(GRPC_PORT))
 PERF_ARGS ?= --concurrency-range 1:8:7 --measurement-interval 5000 -s 50 --percentile=99
 
 .PHONY: install serve test protos lint demo-models clean perf tools image image-test deploy-check
@@ -49,7 +51,8 @@ lint: $(STAMP)
 # --input-data zero: perf_analyzer's random ints overflow id inputs that feed an Embedding.
 perf: $(PERF_VENV)/.installed-stamp
 	LD_LIBRARY_PATH=$$(echo $(CURDIR)/$(PERF_VENV)/lib/python3*/site-packages/nvidia/cuda_runtime/lib) \
-	$(PERF_VENV)/bin/perf_analyzer -m $(PERF_MODEL) -u $(PERF_TARGET) -i grpc --input-data zero \
+	$(PERF_VENV)/bin/perf_analyzer -m $(PERF_MODEL) -u $(PERF_TARGET) -i $(PERF_PROTOCOL) \
+		--input-data zero \
 		$(PERF_ARGS)
 
 $(PERF_VENV)/.installed-stamp:

@@ -135,6 +135,8 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         intra_op_threads=args.tf_intra_op_threads,
         inter_op_threads=args.tf_inter_op_threads,
         http_port=args.http_port,
+        http_read_timeout=args.http_read_timeout,
+        http_max_connections=args.http_max_connections,
         max_connection_age=args.max_connection_age,
         ready_when=args.ready_when,
         access_log_sample=args.access_log_sample,
@@ -248,7 +250,28 @@ def parser() -> argparse.ArgumentParser:
         "and reconcile; explicit: load and unload through RepositoryModelLoad/Unload",
     )
     sub.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
-    sub.add_argument("--http-port", type=int, default=8501, help="/metrics and HTTP health")
+    sub.add_argument(
+        "--http-port",
+        type=int,
+        default=8501,
+        help="REST (the Open Inference Protocol's /v2 and TF Serving's /v1), /metrics, health",
+    )
+    sub.add_argument(
+        "--http-read-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="an HTTP request's head must arrive within this, and its body may not pause "
+        "longer (also how long an idle keep-alive connection stays open)",
+    )
+    sub.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="open HTTP connections at most; beyond, new ones are answered 503 and closed "
+        "(default 1024, or half the open-file limit when that is lower)",
+    )
     sub.add_argument(
         "--max-connection-age",
         type=float,

@@ -1,6 +1,6 @@
-"""The composition root: builds the repository, data plane and gRPC front ends (OIP v2 and TF
-Serving's API, on one port), and owns start-up, signals and shutdown. Nothing else constructs
-the world.
+"""The composition root: builds the repository, data plane, the gRPC front ends (OIP v2 and TF
+Serving's API, on one port) and the HTTP port (both protocols' REST APIs, health, metrics), and
+owns start-up, signals and shutdown. Nothing else constructs the world.
 
 `Server` is created and used inside a running event loop (grpc.aio). Tests run it in-process on
 port 0; `serve` is what `plexserve serve` runs until SIGTERM or SIGINT.
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Coroutine, Mapping
@@ -42,10 +43,10 @@ from service.dataplane import DataPlane
 from service.errors import ServingError
 from service.grpc.oip import InferenceServicer
 from service.grpc.tfserving import ModelServicer, PredictionServicer
-from service.http import HttpListener
 from service.metrics import Metrics
 from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from service.repository import ModelRepository, ModelState, ModelVersion, SingleModel
+from service.rest.app import HttpSettings, RestServer
 from service.runner import configure_tensorflow, freeze_startup_objects
 from service.settings import ServerConfig
 from service.threads import name_thread
@@ -77,6 +78,10 @@ class ServerSettings:
     inter_op_threads: int = 1
     device: str = "auto"  # auto | cpu | gpu:N
     http_port: int | None = 8501  # None: no HTTP listener
+    # A request's head must arrive, and its body keep arriving, within this; also the idle
+    # keep-alive timeout.
+    http_read_timeout: float = 30.0
+    http_max_connections: int | None = None  # None: 1024, or less under a low open-file limit
     ready_when: str = "all"  # all: every expected model AVAILABLE; any: at least one
     access_log_sample: float = 0.0
     registry: CollectorRegistry | None = None  # None: a new one for this server
@@ -108,7 +113,18 @@ class Server:
         self.metrics = Metrics(self.registry)
         self.repository.listeners.append(self.metrics.on_state_change)
         self.dataplane = DataPlane(self.repository, self.metrics, settings.access_log_sample)
-        self.http = HttpListener(self.repository, self.registry, self.ready, self.live)
+        self.http = RestServer(
+            self.dataplane,
+            self.registry,
+            self.ready,
+            self.live,
+            server_version(),
+            HttpSettings(
+                max_body_bytes=settings.max_message_bytes,  # one message limit for both ports
+                read_timeout=settings.http_read_timeout,
+                max_connections=settings.http_max_connections,
+            ),
+        )
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -265,9 +281,22 @@ class Server:
         log.info("shutdown: done in %.1f s", time.monotonic() - started)
 
 
+def raise_open_file_limit() -> None:
+    """Every connection costs a file descriptor: take the hard limit the process is allowed,
+    not the (often 1024) soft one, as servers written in Go do by default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("open-file limit raised from %d to %s", soft, hard)
+        except (ValueError, OSError) as error:
+            log.warning("open-file limit stays %d: %s", soft, error)
+
+
 async def serve(settings: ServerSettings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully (`Server.stop`); a signal during
     start-up stops the model loads. A second signal exits at once, status 128 + its number."""
+    raise_open_file_limit()
     server = Server(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

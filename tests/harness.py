@@ -1,14 +1,18 @@
 """Test harness: a real plexserve Server in this process, on port 0, on its own event loop thread;
 a minimal OIP client encoding written independently of the server's codec; a tiny model whose
-output says which version answered; and waiting for a condition the test caused."""
+output says which version answered; waiting for a condition the test caused; and one HTTP
+request to the server's HTTP port, nothing added."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -142,3 +146,37 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def rest(
+    server: RunningServer,
+    path: str,
+    body: bytes | str | dict[str, Any] | None = None,
+    method: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
+    """One HTTP request to the server's HTTP port, on its own connection (http.client: no header
+    is added that the test did not ask for, but Content-Length). A dict body is sent as JSON."""
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    connection = http.client.HTTPConnection("127.0.0.1", server.server.http.port, timeout=30)
+    try:
+        connection.request(
+            method or ("GET" if body is None else "POST"), path, body, dict(headers or {})
+        )
+        response = connection.getresponse()
+        return Reply(response.status, dict(response.getheaders()), response.read())
+    finally:
+        connection.close()

@@ -8,7 +8,8 @@ the rules are these ones. Stateless and thread-safe.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -82,4 +83,164 @@ def from_strings(
     count = _check_count(name, values, shape, where)
     array = np.empty(count, dtype=object)
     array[:] = list(values)
+    return array.reshape(shape)
+
+
+_LENGTH = struct.Struct("<I")
+
+
+def from_length_prefixed(
+    name: str, raw: bytes | memoryview, shape: Sequence[int], where: str
+) -> np.ndarray:
+    """BYTES elements each preceded by its 4-byte little-endian length (the OIP raw form), as a
+    numpy `object` array of `bytes`. Every element costs at least its prefix, so a claimed
+    element count larger than the content allows is refused before allocating."""
+    count = element_count(name, shape)
+    end = len(raw)
+    if count * _LENGTH.size > end:
+        raise InvalidInput(
+            f"input '{name}': {end} bytes of {where} cannot hold {count} BYTES elements "
+            "(each needs a 4-byte length prefix)"
+        )
+    elements = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        if offset + _LENGTH.size > end:
+            raise InvalidInput(
+                f"input '{name}': {where} ends before the length prefix of element {i} of {count}"
+            )
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += _LENGTH.size
+        if offset + length > end:
+            raise InvalidInput(
+                f"input '{name}': BYTES element {i} in {where} claims {length} bytes but only "
+                f"{end - offset} remain"
+            )
+        elements[i] = bytes(raw[offset : offset + length])
+        offset += length
+    if offset != end:
+        raise InvalidInput(
+            f"input '{name}': {end - offset} bytes of {where} left over after the {count} BYTES "
+            f"elements of shape {format_shape(shape)}"
+        )
+    return elements.reshape(shape)
+
+
+def to_length_prefixed(array: np.ndarray) -> bytes:
+    """The elements of a BYTES array (bytes or str), each preceded by its 4-byte length."""
+    parts = []
+    for element in array.flat:
+        data = element.encode() if isinstance(element, str) else bytes(element)
+        parts.append(_LENGTH.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def to_little_endian_bytes(array: np.ndarray) -> bytes:
+    """A fixed-width array's elements as little-endian bytes, row-major."""
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(array).tobytes()
+
+
+# What numpy makes of a JSON list, in words, for the messages.
+_JSON_KINDS = {
+    "b": "booleans",
+    "i": "integers",
+    "u": "integers",
+    "f": "non-integer numbers",
+    "U": "strings",
+    "O": "nulls, objects or numbers out of range",
+}
+_JSON_ACCEPTS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_NEEDS = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers"}
+MAX_JSON_DEPTH = 32
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def from_json_numbers(
+    name: str, values: object, target: np.dtype, where: str, type_name: str
+) -> np.ndarray:
+    """A JSON number or boolean, or nested lists of them (`where` names the field), as a
+    `target` array shaped as the nesting. Refused rather than converted: strings and nulls for
+    numbers, non-integers for integers, numbers for booleans, integers outside the target's
+    range, finite numbers beyond a float type's range, and ragged nesting."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            f"input '{name}': {where} is a ragged nested list: the lists at each depth must "
+            "all have the same length"
+        ) from None
+    if array.size == 0:
+        return np.empty(array.shape, dtype=target)
+    kind = array.dtype.kind
+    if kind not in _JSON_ACCEPTS[target.kind]:
+        raise InvalidInput(
+            f"input '{name}': {where} holds {_JSON_KINDS.get(kind, 'other values')}; "
+            f"{type_name} takes {_NEEDS[target.kind]}"
+        )
+    if target.kind in "iu":
+        limits = np.iinfo(target)
+        low, high = array.min(), array.max()
+        if low < limits.min or high > limits.max:
+            bad = low if low < limits.min else high
+            raise InvalidInput(
+                f"input '{name}': value {bad} in {where} does not fit "
+                f"{type_name} [{limits.min}, {limits.max}]"
+            )
+    elif target.itemsize < array.dtype.itemsize:
+        finite = np.abs(array[np.isfinite(array)]) if kind == "f" else np.abs(array)
+        if finite.size and finite.max() > np.finfo(target).max:
+            raise InvalidInput(
+                f"input '{name}': value {finite.max()} in {where} does not fit {type_name}"
+            )
+    return array.astype(target, copy=False)
+
+
+def from_json_strings(
+    name: str,
+    values: object,
+    where: str,
+    element: Callable[[object], bytes | None],
+    expected: str,
+) -> np.ndarray:
+    """A JSON string, or nested lists of them, as a numpy `object` array of `bytes` shaped as the
+    nesting. `element` turns one leaf into bytes, or None when the leaf is not an element
+    (`expected` says what is, for the message)."""
+    shape: list[int] = []
+    probe = values
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        if len(shape) > MAX_JSON_DEPTH:
+            raise InvalidInput(f"input '{name}': {where} nests lists deeper than {MAX_JSON_DEPTH}")
+        if not probe:
+            break
+        probe = probe[0]
+    flat: list[bytes] = []
+
+    def walk(value: object, depth: int) -> None:
+        if depth == len(shape):
+            data = element(value)
+            if data is None:
+                raise InvalidInput(
+                    f"input '{name}': {where} holds {_preview(value)}; expected {expected}"
+                )
+            flat.append(data)
+            return
+        if not isinstance(value, list) or len(value) != shape[depth]:
+            raise InvalidInput(
+                f"input '{name}': {where} is a ragged nested list: the lists at each depth must "
+                "all have the same length"
+            )
+        for item in value:
+            walk(item, depth + 1)
+
+    walk(values, 0)
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
     return array.reshape(shape)

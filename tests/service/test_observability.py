@@ -166,14 +166,14 @@ def test_model_statistics_count_the_requests_sent(observed: RunningServer) -> No
 
 
 def test_http_health_and_readiness_endpoints(observed: RunningServer) -> None:
-    assert http(observed, "/v2/health/live") == (200, "live\n")
-    assert http(observed, "/v2/health/ready") == (200, "ready\n")
-    assert http(observed, "/v2/models/m/ready") == (200, "ready\n")
-    assert http(observed, "/v2/models/m/versions/1/ready") == (200, "ready\n")
+    assert http(observed, "/v2/health/live") == (200, '{"live":true}')
+    assert http(observed, "/v2/health/ready") == (200, '{"ready":true}')
+    assert http(observed, "/v2/models/m/ready") == (200, '{"name":"m","ready":true}')
+    assert http(observed, "/v2/models/m/versions/1/ready")[0] == 200
     status, body = http(observed, "/v2/models/m/versions/9/ready")
-    assert status == 404 and "no version '9'" in body
+    assert status == 404 and "no version '9'" in json.loads(body)["error"]
     status, body = http(observed, "/v2/models/nope/ready")
-    assert status == 404 and "unknown model 'nope'" in body
+    assert status == 404 and "unknown model 'nope'" in json.loads(body)["error"]
     assert http(observed, "/v2/models/%2E%2E/ready")[0] == 400
     assert http(observed, "/v2/health/live", method="POST")[0] == 405
     assert http(observed, "/elsewhere")[0] == 404

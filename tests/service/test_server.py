@@ -1,13 +1,17 @@
-"""Server-wide behaviour: connection ageing for round-robin clients."""
+"""Server-wide behaviour: connection ageing for round-robin clients, the open-file limit."""
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from service.export import export_model
+from service.rest.app import default_max_connections
+from service.server import raise_open_file_limit
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 
 
@@ -28,3 +32,19 @@ def test_requests_keep_succeeding_across_connection_ageing(tmp_path: Path) -> No
         assert answered > 10
     finally:
         server.close()
+
+
+def test_serving_takes_the_hard_open_file_limit() -> None:
+    """A soft limit of 1024 would cap the HTTP port at 448 connections; the process may have
+    the hard limit, and `serve` takes it."""
+    original = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = original
+    if hard <= 256:
+        pytest.skip(f"the hard open-file limit is {hard}: nothing to raise")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert default_max_connections() == 64
+        raise_open_file_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, original)
