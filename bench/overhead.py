@@ -87,11 +87,13 @@ def wait_ready(target: str, process: subprocess.Popen[bytes], log: Path) -> None
 
 
 @contextmanager
-def started(name: str, command: list[str], log: Path, env: dict[str, str]) -> Iterator[Server]:
+def started(
+    name: str, command: list[str], log: Path, env: dict[str, str], cwd: Path | None = None
+) -> Iterator[Server]:
     port = free_port()
     command = [arg.replace("{port}", str(port)) for arg in command]
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         target = f"127.0.0.1:{port}"
         wait_ready(target, process, log)
@@ -184,8 +186,13 @@ def main() -> None:
 
         results: dict[tuple[str, str, int], list[Result]] = {case: [] for case in cases}
         with ExitStack() as stack:
+            # `python -m` puts the working directory first on sys.path: the other checkout's
+            # server runs from there, so that its own `service` package is the one imported
+            places = {"compare": args.compare_src.resolve() if args.compare_src else None}
             servers = {
-                kind: stack.enter_context(started(kind, command, Path(scratch) / kind, env))
+                kind: stack.enter_context(
+                    started(kind, command, Path(scratch) / kind, env, places.get(kind))
+                )
                 for kind, (command, env) in commands.items()
             }
             for round_ in range(1, args.rounds + 1):
