@@ -16,7 +16,7 @@ PERF_PROTOCOL ?= grpc
 PERF_TARGET ?= localhost:$(if $(filter http,$(PERF_PROTOCOL)),$(HTTP_PORT),$(GRPC_PORT))
 PERF_ARGS ?= --concurrency-range 1:8:7 --measurement-interval 5000 -s 50 --percentile=99
 
-.PHONY: install serve test protos lint demo-models clean perf tools image image-test deploy-check
+.PHONY: install serve test protos lint demo-models clean perf tools image image-test deploy-check bench-overhead
 
 install: $(STAMP)
 
@@ -97,3 +97,9 @@ image-test: $(STAMP)
 deploy-check: $(STAMP) tools
 	@command -v kubectl >/dev/null || echo "deploy-check: kubectl is not installed: the rendering tests will skip"
 	$(BIN)/python -m pytest -q tests/deploy $(PYTEST_ARGS)
+
+# The per-request cost against the floor server, with perf_analyzer (bench/overhead.py):
+# `make bench-overhead` or, to compare with another checkout, OVERHEAD_ARGS="--compare-src DIR".
+OVERHEAD_ARGS ?= --rounds 2
+bench-overhead: $(STAMP) $(PERF_VENV)/.installed-stamp
+	$(BIN)/python bench/overhead.py $(OVERHEAD_ARGS)

@@ -33,7 +33,7 @@ class _IdleSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
                 except Exception:  # one callback's failure must not stop the loop
                     log.exception("idle callback %r failed", callback)
             timeout = 0  # they may have made work: look again before waiting
-        return list(super().select(timeout))
+        return super().select(timeout)  # type: ignore[no-any-return]
 
 
 class ServingEventLoop(asyncio.SelectorEventLoop):
