@@ -166,7 +166,7 @@ class _RequestCollector(Collector):
             labels=version,
         )  # fmt: skip
         for labels, stats, versioned in self._metrics.series():
-            for (protocol, code), count in sorted(stats.requests.items(), key=_by_name):
+            for (protocol, code), count in sorted(stats.request_counts().items(), key=_by_name):
                 requests.add_metric([*labels, protocol, code.name], count)
             for protocol, histogram in sorted(stats.request_seconds.items()):
                 durations.add_metric([*labels, protocol], _buckets(histogram), histogram.sum)

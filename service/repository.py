@@ -78,6 +78,10 @@ class ModelVersion:
     fingerprint: Fingerprint = ()
     since: float = field(default_factory=time.monotonic)  # when the current state began
     _inflight: InflightCounter = field(default_factory=InflightCounter)
+    version_text: str = field(init=False)  # the version number as the protocols carry it
+
+    def __post_init__(self) -> None:
+        self.version_text = str(self.version)
 
     @property
     def signature(self) -> Signature:

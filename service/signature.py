@@ -15,6 +15,7 @@ import numpy as np
 from service.errors import InvalidInput
 
 Shape = tuple[int | None, ...]
+_Check = tuple[str, np.dtype, int, "Shape | None", tuple[tuple[int, int], ...], bool]
 Tensors = dict[str, np.ndarray]
 
 # numpy dtype <-> Open Inference Protocol datatype. BYTES is numpy `object` holding `bytes`.
@@ -67,24 +68,20 @@ class TensorSpec:
 class Signature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
-    # per input: (name, dtype, rank, fixed (axis, size) pairs, one scalar per row): what
-    # `validate` checks, computed once
-    _checks: tuple[tuple[str, np.dtype, int, tuple[tuple[int, int], ...], bool], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    # per input: (name, dtype, rank, the row shape when every dimension of it is fixed (else
+    # None), the fixed (axis, size) pairs, one scalar per row): what `validate` checks
+    _checks: tuple[_Check, ...] = field(init=False, repr=False, compare=False)
+    _names: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        checks = tuple(
-            (
-                name,
-                spec.dtype,
-                len(spec.shape),
-                tuple((axis, d) for axis, d in enumerate(spec.shape) if d is not None),
-                len(spec.shape) == 1,
-            )
-            for name, spec in self.inputs.items()
-        )
-        object.__setattr__(self, "_checks", checks)
+        checks = []
+        for name, spec in self.inputs.items():
+            rank, row = len(spec.shape), spec.shape[1:]
+            fixed = tuple((axis, d) for axis, d in enumerate(spec.shape) if d is not None)
+            row_shape = row if None not in row and rank > 0 and spec.shape[0] is None else None
+            checks.append((name, spec.dtype, rank, row_shape, fixed, rank == 1))
+        object.__setattr__(self, "_checks", tuple(checks))
+        object.__setattr__(self, "_names", frozenset(self.inputs))
 
     def validate(self, tensors: Tensors) -> int:
         """Check names, dtypes and shapes; return the batch size (rows) shared by all inputs.
@@ -94,11 +91,11 @@ class Signature:
         is reshaped in `tensors`. Raises InvalidInput naming the offending input with the
         expected and received values.
         """
-        if len(tensors) != len(self._checks) or not all(n in tensors for n in self.inputs):
+        if tensors.keys() != self._names:
             self._refuse_names(tensors)
         rows = -1
         first = ""
-        for name, dtype, rank, fixed, scalar_rows in self._checks:
+        for name, dtype, rank, row_shape, fixed, scalar_rows in self._checks:
             array = tensors[name]
             shape = array.shape
             if array.dtype != dtype and not (dtype.kind == "O" and array.dtype.kind in "OSU"):
@@ -109,7 +106,11 @@ class Signature:
             if scalar_rows and len(shape) == 2 and shape[1] == 1:
                 array = tensors[name] = array.reshape(shape[0])
                 shape = array.shape
-            if len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
+            if row_shape is not None:  # the common case: one tuple comparison
+                wrong = len(shape) != rank or shape[1:] != row_shape
+            else:
+                wrong = len(shape) != rank or any(shape[axis] != size for axis, size in fixed)
+            if wrong:
                 raise InvalidInput(
                     f"input '{name}': expected shape {format_shape(self.inputs[name].shape)}, "
                     f"received {format_shape(shape)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 
 import grpc
 
@@ -155,24 +156,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         result = await self._dataplane.infer(
             request.model_name,
             request.model_version,
-            lambda: codec.decode_infer_request(request),
+            partial(codec.decode_infer_request, request),
             timeout,
             protocol="v2",
         )
+        model = result.model
         return codec.encode_infer_response(
-            result.model.name,
-            str(result.model.version),
-            request.id,
-            result.outputs,
-            result.model.signature,
+            model.name, model.version_text, request.id, result.outputs, model.signature
         )
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        # The boundary of `grpc_errors`, inlined: every request passes here.
+        # `_infer` and the boundary of `grpc_errors`, inlined: every request passes here.
         try:
-            return await self._infer(request, context.time_remaining())
+            result = await self._dataplane.infer(
+                request.model_name,
+                request.model_version,
+                partial(codec.decode_infer_request, request),
+                context.time_remaining(),
+                protocol="v2",
+            )
+            model = result.model
+            return codec.encode_infer_response(
+                model.name, model.version_text, request.id, result.outputs, model.signature
+            )
         except Exception as error:  # noqa: BLE001 - converted once, here
             code, message = status_of(error, "ModelInfer")
         await context.abort(code, message)
