@@ -253,3 +253,32 @@ def test_the_access_log_samples_requests(tmp_path: Path, caplog: pytest.LogCaptu
         assert line.startswith("v2 model=m version=1 code=OK rows=2 ms=")
     finally:
         server.close()
+
+
+def test_the_event_loops_busy_ratio_is_published(observed: RunningServer) -> None:
+    """A share of one second between 0 and 1; the loop has just answered requests, so not 0."""
+
+    def busy() -> float:
+        observed.stub.ModelInfer(infer_request("m", ones(1)))
+        return sample(scrape(observed), "plexserve_event_loop_busy_ratio")
+
+    wait_until(lambda: 0 < busy() <= 1, timeout=30)
+
+
+def test_a_versions_series_continue_across_its_reloads(tmp_path: Path) -> None:
+    export_model(linear_model(), tmp_path, "m")
+    server = RunningServer(tmp_path, model_control="explicit", load_models=("m",))
+    try:
+        for _ in range(2):
+            server.stub.ModelInfer(infer_request("m", ones(2)))
+            server.stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="m"))
+            server.stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="m"))
+        server.stub.ModelInfer(infer_request("m", ones(2)))
+        samples = scrape(server)
+        ok = {"model": "m", "version": "1", "protocol": "v2", "code": "OK"}
+        assert sample(samples, "plexserve_requests_total", **ok) == 3  # over three lifetimes
+        assert sample(samples, "plexserve_batch_size_rows_sum", model="m", version="1") == 6
+        statistics = server.stub.ModelStatistics(pb.ModelStatisticsRequest(name="m"))
+        assert statistics.model_stats[0].inference_count == 2  # Triton's: this lifetime only
+    finally:
+        server.close()
