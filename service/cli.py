@@ -1,8 +1,8 @@
 """The `plexserve` command line (also `python -m service`): parses flags and calls the rest.
 
-Subcommands: builders, build, inspect, serve, bench. `main(argv)` returns the exit status,
-so tests call it in-process (one TensorFlow import for the whole suite). `bench` never imports
-TensorFlow: it is a client.
+Subcommands: builders, build, inspect, serve, infer, bench. `main(argv)` returns the exit status,
+so tests call it in-process (one TensorFlow import for the whole suite). `infer` and `bench` never
+import TensorFlow: they are clients.
 
 Every option's help ends with its default (HelpFormatter adds it unless the text already says
 it); the global options (--log-level, --log-format) are accepted before and after the subcommand.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the serving modules import TensorFlow: `bench` must not loa
 DEFAULT_REPOSITORY = "model_repository"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
-CLIENT_COMMANDS = ("bench",)  # clients: they never import TensorFlow
+CLIENT_COMMANDS = ("infer", "bench")  # clients: they never import TensorFlow
 log = logging.getLogger("plexserve")
 
 
@@ -215,6 +215,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with asyncio.Runner(loop_factory=ServingEventLoop) as runner:
         runner.run(serve(server_settings(args)))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Exit 0 answered, 1 the server refused or was not reached, 2 a bad command line."""
+    from service.infer_client import ServerError, UsageError, run_infer
+
+    try:
+        run_infer(
+            args.model,
+            args.inputs,
+            version=args.version,
+            url=args.url,
+            protocol=args.protocol,
+            timeout=args.timeout,
+        )
+    except UsageError as error:
+        print(f"plexserve infer: {error}", file=sys.stderr)
+        return 2
+    except ServerError as error:
+        print(f"plexserve infer: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -477,6 +499,45 @@ def parser() -> argparse.ArgumentParser:
     sub.set_defaults(run=cmd_serve)
 
     from service.bench.options import add_arguments as add_bench_arguments
+
+    sub = command("infer", "send one inference request to a running server and print the outputs")
+    sub.add_argument("model", metavar="MODEL", help="the model's name")
+    sub.add_argument(
+        "--version",
+        default="",
+        metavar="V",
+        help="model version (default: the newest available)",
+    )
+    sub.add_argument(
+        "--input",
+        dest="inputs",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input: NAME=FILE.npy, NAME=FILE.json or NAME=JSON (e.g. 'x=[[1, 2]]'); a value "
+        "one dimension short of the model's input is one row; typed by the model's metadata "
+        "(repeatable; default: none)",
+    )
+    sub.add_argument(
+        "--url",
+        metavar="HOST:PORT",
+        help="the server (default: localhost:8500 with grpc, localhost:8501 with rest)",
+    )
+    sub.add_argument(
+        "--protocol",
+        choices=["grpc", "rest"],
+        default="grpc",
+        help="the Open Inference Protocol v2 over gRPC, or over REST (JSON)",
+    )
+    sub.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="deadline of each call",
+    )
+    sub.set_defaults(run=cmd_infer)
 
     sub = command("bench", "load-test a running server (Open Inference Protocol v2)")
     add_bench_arguments(sub)

@@ -190,7 +190,7 @@ def test_every_option_of_every_subcommand_has_help_stating_its_default() -> None
 
     top = parser()
     subcommands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subcommands) == {"builders", "build", "inspect", "serve", "bench"}
+    assert set(subcommands) == {"builders", "build", "inspect", "serve", "infer", "bench"}
     checked = 0
     for name, sub in [("plexserve", top), *subcommands.items()]:
         formatter = HelpFormatter(name)
