@@ -24,7 +24,8 @@ install: $(STAMP)
 # pip shows its progress: the first install is long, and silence would look like a hang.
 $(STAMP): pyproject.toml requirements.lock
 	@echo "Installing plexserve and its pinned dependencies into $(VENV): the first time this"
-	@echo "downloads about 2 GB (TensorFlow is most of it) and takes several minutes."
+	@echo "downloads about 0.7 GB (TensorFlow is most of it; 2.4 GB once installed) and takes"
+	@echo "several minutes (6 to 9 on a 2-CPU machine)."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check \
 		-c requirements.lock -e '.[test,lint,plot]'
