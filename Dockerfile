@@ -46,7 +46,7 @@ RUN --mount=type=secret,id=pip-ca \
         -r /tmp/dependencies.txt "$tensorflow"; \
     /opt/plexserve/bin/pip install --quiet --no-deps -c requirements.lock tensorflow-serving-api
 
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY models ./models
 COPY service ./service
 # The server runs as another user than the build: the repository is made world-readable

@@ -21,9 +21,14 @@ PERF_ARGS ?= --concurrency-range 1:8:7 --measurement-interval 5000 -s 50 --perce
 install: $(STAMP)
 
 # The venv is rebuilt when the dependencies change; requirements.lock pins every package.
+# pip shows its progress: the first install is long, and silence would look like a hang.
 $(STAMP): pyproject.toml requirements.lock
+	@echo "Installing plexserve and its pinned dependencies into $(VENV): the first time this"
+	@echo "downloads about 0.7 GB (TensorFlow is most of it; 2.4 GB once installed) and takes"
+	@echo "several minutes (6 to 9 on a 2-CPU machine)."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test,lint,plot]'
+	$(BIN)/pip install --disable-pip-version-check \
+		-c requirements.lock -e '.[test,lint,plot]'
 	touch $(STAMP)
 
 # Builds the demo models that are missing from $(REPO) (an existing model is left as it is).

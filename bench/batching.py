@@ -1,4 +1,4 @@
-"""Dynamic batching on and off, in one run on one server: the batching issue's three targets.
+"""Dynamic batching on and off, in one run on one server, against three targets.
 
 usage: .venv/bin/python bench/batching.py [--duration 10s] [--warmup 2s]
            [--concurrency 1,8,32,64] [--out bench/results] [-- extra `plexserve serve` flags]
@@ -10,7 +10,8 @@ usage: .venv/bin/python bench/batching.py [--duration 10s] [--warmup 2s]
 3. for each concurrency, runs `plexserve bench` (1 row per request) on the batched model, then on
    the unbatched one, back to back, so both see the same machine state;
 4. prints the table (req/s, p50, p99, server-side mean batch rows, queue and compute times), the
-   ratios and the three targets with PASS/FAIL, and writes both runs' JSON into --out.
+   ratios and the three targets with PASS/FAIL, writes both runs' JSON into --out and, when
+   matplotlib is installed, draws them into --out/batching.png (bench/batching_plot.py).
 The targets: at 32 concurrent clients throughput on >= 2.5x off and p99 lower; a lone client's
 p50 on within 10% (or 0.3 ms) of off; at concurrency 64 a mean executed batch above 16 rows.
 """
@@ -118,6 +119,15 @@ def main() -> None:
         )
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no picture (pip install 'plexserve[plot]')")
+    else:
+        from batching_plot import draw
+
+        draw(args.out, args.out / "batching.png", levels)
+        print(f"wrote {args.out / 'batching.png'}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """The `plexserve` command line (also `python -m service`): parses flags and calls the rest.
 
-Subcommands: builders, build, inspect, serve. `main(argv)` returns the exit status, so tests call
-it in-process (one TensorFlow import for the whole suite).
+Subcommands: builders, build, inspect, serve, infer, bench. `main(argv)` returns the exit status,
+so tests call it in-process (one TensorFlow import for the whole suite). `infer` and `bench` never
+import TensorFlow: they are clients.
+
+Every option's help ends with its default (HelpFormatter adds it unless the text already says
+it); the global options (--log-level, --log-format) are accepted before and after the subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import sys
@@ -22,7 +27,64 @@ if TYPE_CHECKING:  # the serving modules import TensorFlow: `bench` must not loa
     from service.server import ServerSettings
 
 DEFAULT_REPOSITORY = "model_repository"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+CLIENT_COMMANDS = ("infer", "bench")  # clients: they never import TensorFlow
 log = logging.getLogger("plexserve")
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("plexserve")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Ends every option's help with its default, unless the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if "default" in text:
+            return text
+        default = action.default
+        if default is None or default == []:
+            shown = "none"
+        elif default is False or default is True:
+            shown = "on" if default else "off"
+        else:
+            shown = "%(default)s"
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--log-level and --log-format, on the top parser (with their defaults) and on every
+    subcommand (defaults suppressed, so that a flag given before the subcommand is kept)."""
+    group: argparse._ActionsContainer = (
+        parser if top else parser.add_argument_group("global options (also before the subcommand)")
+    )
+    group.add_argument(
+        "--log-level",
+        type=_log_level,
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        default="INFO" if top else argparse.SUPPRESS,
+        help="log records of this level and above (any case) (default: INFO)",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text" if top else argparse.SUPPRESS,
+        help="text, or json: one JSON object per line (default: text)",
+    )
 
 
 def _repository_default() -> Path:
@@ -156,6 +218,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Exit 0 answered, 1 the server refused or was not reached, 2 a bad command line."""
+    from service.infer_client import ServerError, UsageError, run_infer
+
+    try:
+        run_infer(
+            args.model,
+            args.inputs,
+            version=args.version,
+            url=args.url,
+            protocol=args.protocol,
+            timeout=args.timeout,
+        )
+    except UsageError as error:
+        print(f"plexserve infer: {error}", file=sys.stderr)
+        return 2
+    except ServerError as error:
+        print(f"plexserve infer: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from service.bench.command import run_command
 
@@ -163,13 +247,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="plexserve", description="Serve Keras models over gRPC.")
-    top.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    top.add_argument("--log-format", choices=["text", "json"], default="text")
-    commands = top.add_subparsers(dest="command", required=True)
+    top = argparse.ArgumentParser(
+        prog="plexserve",
+        description="Serve Keras SavedModels over gRPC and REST: the Open Inference Protocol v2 "
+        "and TF Serving's API, with dynamic batching.",
+        formatter_class=HelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    _global_options(top, top=True)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+        _global_options(sub, top=False)
         return sub
 
     def builders_module(sub: argparse.ArgumentParser) -> None:
@@ -178,7 +268,7 @@ def parser() -> argparse.ArgumentParser:
             action="append",
             default=[],
             metavar="MODULE",
-            help="import MODULE so its @register_builder functions are available",
+            help="import MODULE so its @register_builder functions are available (repeatable)",
         )
 
     def repo(sub: argparse._ActionsContainer) -> None:
@@ -186,6 +276,7 @@ def parser() -> argparse.ArgumentParser:
             "--repo",
             type=Path,
             default=_repository_default(),
+            metavar="DIR",
             help="model repository (env PLEXSERVE_MODEL_REPOSITORY; default "
             f"./{DEFAULT_REPOSITORY})",
         )
@@ -195,7 +286,12 @@ def parser() -> argparse.ArgumentParser:
     sub.set_defaults(run=cmd_builders)
 
     sub = command("build", "build models and export them as SavedModel versions")
-    sub.add_argument("builder", nargs="+", metavar="BUILDER")
+    sub.add_argument(
+        "builder",
+        nargs="+",
+        metavar="BUILDER",
+        help="builder name (`plexserve builders` lists them); several build one model each",
+    )
     sub.add_argument("--name", help="model name (default: the builder's name)")
     sub.add_argument("--version", type=int, help="version number (default: the next free one)")
     sub.add_argument(
@@ -203,14 +299,15 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="builder parameter, parsed by its type annotation",
+        help="builder parameter, parsed by its type annotation (repeatable; default: the "
+        "builder's own defaults)",
     )
     repo(sub)
     builders_module(sub)
     sub.set_defaults(run=cmd_build)
 
     sub = command("inspect", "print the serving signature of REPO/NAME/VERSION")
-    sub.add_argument("path", type=Path)
+    sub.add_argument("path", type=Path, help="a version folder, REPO/NAME/VERSION")
     sub.set_defaults(run=cmd_inspect)
 
     sub = command("serve", "serve every model of the repository, or one model's folder")
@@ -222,16 +319,22 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="serve this one folder, as --model-name, instead of a repository: DIR holds a "
         "SavedModel (version 1) or version folders N/ (KServe: --model-dir=/mnt/models); read "
-        "in place, so it may be read-only",
+        "in place, so it may be read-only (default: none: serve --repo)",
     )
     sub.add_argument(
         "--model-name",
         metavar="NAME",
-        help="with --model-dir: the model's name (KServe: {{.Name}})",
+        help="with --model-dir: the model's name (KServe: {{.Name}}; default: none)",
     )
     builders_module(sub)
-    sub.add_argument("--host", default="0.0.0.0")
-    sub.add_argument("--grpc-port", type=int, default=8500)
+    sub.add_argument("--host", default="0.0.0.0", help="address both ports listen on")
+    sub.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8500,
+        metavar="PORT",
+        help="gRPC: the Open Inference Protocol v2, TF Serving's API, health, reflection",
+    )
     sub.add_argument(
         "--grace-period",
         type=float,
@@ -249,11 +352,18 @@ def parser() -> argparse.ArgumentParser:
         help="none: load every model at start; poll: also rescan every --poll-interval seconds "
         "and reconcile; explicit: load and unload through RepositoryModelLoad/Unload",
     )
-    sub.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS")
+    sub.add_argument(
+        "--poll-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --model-control poll: seconds between two scans of the repository",
+    )
     sub.add_argument(
         "--http-port",
         type=int,
         default=8501,
+        metavar="PORT",
         help="REST (the Open Inference Protocol's /v2 and TF Serving's /v1), /metrics, health",
     )
     sub.add_argument(
@@ -300,33 +410,67 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="explicit mode: load NAME at start (repeatable)",
     )
-    sub.add_argument("--config", type=Path, help="server config (YAML): model_defaults, models")
+    sub.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="server config (YAML): model_defaults, models (default: none: each model's own "
+        "config.yaml)",
+    )
     group = sub.add_argument_group("batching (every model; overrides config.yaml and --config)")
-    group.add_argument("--batching", choices=["on", "off"])
-    group.add_argument("--max-batch-size", type=int, metavar="ROWS")
+    group.add_argument(
+        "--batching",
+        choices=["on", "off"],
+        help="dynamic batching (default: the model's config.yaml, else on)",
+    )
+    group.add_argument(
+        "--max-batch-size",
+        type=int,
+        metavar="ROWS",
+        help="rows per execution; larger requests are split (default: the model's config.yaml, "
+        "else 32)",
+    )
     group.add_argument(
         "--max-queue-delay-us",
         type=int,
         metavar="US",
-        help="optional wait for fuller batches (default 0: dispatch at once)",
+        help="optional wait for fuller batches (default: the model's config.yaml, else 0: "
+        "dispatch at once)",
     )
     group.add_argument(
-        "--max-queue-size", type=int, metavar="ROWS", help="rows queued before 'queue full'"
+        "--max-queue-size",
+        type=int,
+        metavar="ROWS",
+        help="rows queued before 'queue full' (default: the model's config.yaml, else 32 x "
+        "max_batch_size)",
     )
-    group.add_argument("--instances", type=int, help="concurrent executions per model version")
+    group.add_argument(
+        "--instances",
+        type=int,
+        metavar="N",
+        help="concurrent executions per model version (default: the model's config.yaml, else 1)",
+    )
     group = sub.add_argument_group(
         "TLS (the gRPC port only: the HTTP port stays plain, for probes and scrapes)"
     )
     group.add_argument(
-        "--tls-cert", type=Path, metavar="FILE", help="PEM certificate (chain) of the server"
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="PEM certificate (chain) of the server (default: none: plaintext)",
     )
-    group.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    group.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="FILE",
+        help="PEM private key of --tls-cert (default: none)",
+    )
     group.add_argument(
         "--tls-client-ca",
         type=Path,
         metavar="FILE",
         help="PEM CA certificates: clients must present a certificate one of them signed "
-        "(mutual TLS)",
+        "(mutual TLS; default: none: no client certificate asked for)",
     )
     group = sub.add_argument_group("TensorFlow")
     group.add_argument(
@@ -339,6 +483,7 @@ def parser() -> argparse.ArgumentParser:
         "--tf-intra-op-threads",
         type=int,
         default=None,
+        metavar="N",
         help="threads inside one TensorFlow op (default: the CPUs this process may use -- its "
         "cgroup CPU quota, e.g. a pod's CPU limit, and affinity mask, not the node's cores -- "
         "rounded up, minus one left to the gRPC front end; 0: TensorFlow's default, every core "
@@ -348,11 +493,51 @@ def parser() -> argparse.ArgumentParser:
         "--tf-inter-op-threads",
         type=int,
         default=1,
-        help="ops run concurrently (default 1; 0: TensorFlow's default)",
+        metavar="N",
+        help="ops run concurrently (default: 1; 0: TensorFlow's default)",
     )
     sub.set_defaults(run=cmd_serve)
 
     from service.bench.options import add_arguments as add_bench_arguments
+
+    sub = command("infer", "send one inference request to a running server and print the outputs")
+    sub.add_argument("model", metavar="MODEL", help="the model's name")
+    sub.add_argument(
+        "--version",
+        default="",
+        metavar="V",
+        help="model version (default: the newest available)",
+    )
+    sub.add_argument(
+        "--input",
+        dest="inputs",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input: NAME=FILE.npy, NAME=FILE.json or NAME=JSON (e.g. 'x=[[1, 2]]'); a value "
+        "one dimension short of the model's input is one row; typed by the model's metadata "
+        "(repeatable; default: none)",
+    )
+    sub.add_argument(
+        "--url",
+        metavar="HOST:PORT",
+        help="the server (default: localhost:8500 with grpc, localhost:8501 with rest)",
+    )
+    sub.add_argument(
+        "--protocol",
+        choices=["grpc", "rest"],
+        default="grpc",
+        help="the Open Inference Protocol v2 over gRPC, or over REST (JSON)",
+    )
+    sub.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="deadline of each call",
+    )
+    sub.set_defaults(run=cmd_infer)
 
     sub = command("bench", "load-test a running server (Open Inference Protocol v2)")
     add_bench_arguments(sub)
@@ -363,7 +548,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
-    if args.command == "bench":  # before the imports below: they load TensorFlow, bench must not
+    if args.command in CLIENT_COMMANDS:  # before the imports below: they load TensorFlow
         return int(args.run(args))
     from models.registry import BuilderError
     from service.errors import ServingError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import textwrap
 from pathlib import Path
 
@@ -134,3 +135,79 @@ def test_serve_refuses_a_gpu_this_machine_does_not_have(
     assert "--device gpu:3: this machine has 0 GPU(s)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--device", "tpu"])
+
+
+def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"plexserve {importlib.metadata.version('plexserve')}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-level", "debug", "--log-format", "json", "builders"],
+        ["builders", "--log-level", "debug", "--log-format", "json"],
+        ["--log-level", "WARNING", "builders", "--log-level", "DEBUG", "--log-format", "json"],
+    ],
+)
+def test_global_options_are_accepted_before_and_after_the_subcommand(argv: list[str]) -> None:
+    """After the subcommand wins when both are given; neither is reset by the subcommand."""
+    from service.cli import parser
+
+    args = parser().parse_args(argv)
+    assert (args.command, args.log_level, args.log_format) == ("builders", "DEBUG", "json")
+
+
+def test_defaults_of_the_global_options_survive_the_subcommand() -> None:
+    from service.cli import parser
+
+    args = parser().parse_args(["serve"])
+    assert (args.log_level, args.log_format) == ("INFO", "text")
+
+
+@pytest.mark.parametrize(
+    "argv", [["--log-level", "foo", "builders"], ["builders", "--log-level", "foo"]]
+)
+def test_an_unknown_log_level_is_a_usage_error_naming_the_choices(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: plexserve")
+    assert "argument --log-level: 'foo' is not one of DEBUG, INFO, WARNING, ERROR" in err
+    assert "Traceback" not in err
+
+
+def test_every_option_of_every_subcommand_has_help_stating_its_default() -> None:
+    """What `plexserve COMMAND --help` shows for each option: a description, then its default."""
+    from service.cli import HelpFormatter, parser
+
+    top = parser()
+    subcommands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subcommands) == {"builders", "build", "inspect", "serve", "infer", "bench"}
+    checked = 0
+    for name, sub in [("plexserve", top), *subcommands.items()]:
+        formatter = HelpFormatter(name)
+        for action in sub._actions:
+            skipped = argparse._HelpAction | argparse._VersionAction | argparse._SubParsersAction
+            if isinstance(action, skipped):
+                continue
+            where = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help, f"{where} has no help text"
+            if not action.option_strings:
+                continue  # a positional argument has no default
+            shown = formatter._expand_help(action)
+            assert "default" in shown, f"{where}: {shown!r} does not state its default"
+            value = action.default
+            named = isinstance(value, str | int | float | Path) and not isinstance(value, bool)
+            if named and value not in ("", argparse.SUPPRESS):
+                # written by hand or added by the formatter: either way it names the value
+                assert str(value) in shown, f"{where}: {shown!r} does not say {value}"
+            checked += 1
+    assert checked > 50
