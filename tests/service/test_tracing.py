@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import subprocess
 import sys
@@ -27,8 +28,10 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from service.cli import parser, server_settings
 from service.export import export_model
-from service.tracing import TracingSettings
+from service.settings import SettingsError
+from service.tracing import TracingSettings, tracing_settings
 from tests.harness import RunningServer, infer_request, output_arrays, rest
 
 SERVER = trace_pb2.Span.SPAN_KIND_SERVER
@@ -488,3 +491,65 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry" or m =
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- settings: flags, then the standard OTEL_* variables, then the defaults ---
+
+
+def test_tracing_is_off_without_an_endpoint_and_when_the_sdk_is_disabled() -> None:
+    assert not tracing_settings({}).enabled
+    assert not tracing_settings({"OTEL_SERVICE_NAME": "x"}).enabled
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
+    assert tracing_settings(endpoint).enabled
+    assert not tracing_settings({**endpoint, "OTEL_SDK_DISABLED": "TRUE"}).enabled
+    assert not tracing_settings({"OTEL_SDK_DISABLED": "true"}, endpoint="http://c:4317").enabled
+
+
+def test_flags_win_over_variables_and_the_traces_endpoint_over_the_generic_one() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4317",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317",
+        "OTEL_SERVICE_NAME": "from-env",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+    }
+    assert tracing_settings(env) == TracingSettings(
+        "http://traces:4317", "from-env", "parentbased_traceidratio", 0.25
+    )
+    assert tracing_settings(env, "http://flag:4317", "from-flag", "traceidratio", "0.5") == (
+        TracingSettings("http://flag:4317", "from-flag", "traceidratio", 0.5)
+    )
+    assert tracing_settings({}, "http://c:4317") == TracingSettings(
+        "http://c:4317", "plexserve", "parentbased_always_on", None
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "named"),
+    [
+        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, {}, "'jaeger_remote'"),
+        ({}, {"sampler": "traceidratio", "sampler_arg": "1.5"}, "'1.5'"),
+        ({}, {"sampler": "traceidratio", "sampler_arg": "half"}, "'half'"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, {}, "http/protobuf"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, {}, "http/json"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_naming_the_value(
+    env: dict[str, str], flags: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(named)):
+        tracing_settings(env, "http://c:4317", **flags)
+
+
+def test_the_serve_flags_map_to_the_tracing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    args = parser().parse_args(
+        ["serve", "--otel-endpoint", "http://c:4317", "--otel-sampler-arg", "0.1"]
+        + ["--otel-sampler", "parentbased_traceidratio"]
+    )
+    assert server_settings(args).tracing == TracingSettings(
+        "http://c:4317", "from-env", "parentbased_traceidratio", 0.1
+    )
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    assert not server_settings(parser().parse_args(["serve"])).tracing.enabled
