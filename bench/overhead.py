@@ -107,10 +107,14 @@ def started(
             process.wait()
 
 
-def measure(server: Server, model: str, concurrency: int, interval_ms: int) -> Result:
+def measure(
+    server: Server, model: str, concurrency: int, interval_ms: int, stability: int = 50
+) -> Result:
+    """`stability`: perf_analyzer's -s, the spread (percent) between windows it accepts."""
     command, env = perf_analyzer()
     command += ["-m", model, "-u", server.target, "-i", "grpc", "--input-data", "zero"]
-    command += ["--concurrency-range", str(concurrency), "-p", str(interval_ms), "-s", "50"]
+    command += ["--concurrency-range", str(concurrency), "-p", str(interval_ms)]
+    command += ["-s", str(stability)]
     command += ["--percentile", "99", "--max-trials", "20"]
     samples = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as pa:

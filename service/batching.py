@@ -28,6 +28,11 @@ A request whose deadline passes while queued is answered DEADLINE_EXCEEDED witho
 computed; a cancelled request (or what is left of it) leaves the queue. A batch that the model
 rejects because of one request's values is re-run piece by piece, so only the bad one fails.
 
+Tracing: a request may carry its RequestTrace (service/otel.py); when an execution ends and
+the batcher was given the server's Tracing, the execution's span is made there, linked to every
+traced request it served, with the execution's own start and end times. Without tracing, that
+is one attribute check per execution.
+
 Loop-bound: all state lives on the event loop thread; TensorFlow runs on the runner's threads,
 which hand each finished batch back to the loop with one call_soon_threadsafe.
 """
@@ -40,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -48,6 +53,9 @@ from service.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded,
 from service.settings import BatchingSettings
 from service.signature import Signature, Tensors
 from service.stats import ExecutionObserver, ExecutionStats
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,7 @@ class _Request:
     future: asyncio.Future[Tensors]
     enqueued: float
     deadline: float | None
+    trace: RequestTrace | None = None  # set: the request is traced
     taken: int = 0  # rows handed to executions so far
     answered: int = 0  # rows whose outputs came back (a split request's)
     parts: list[tuple[int, Tensors]] | None = None  # (first row, outputs) of a split request
@@ -90,8 +99,10 @@ class DynamicBatcher:
         name: str = "model",
         observer: ExecutionObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self.runner = runner
+        self.tracing = tracing  # None: no request is traced
         self.settings = settings
         self.name = name
         self.observer: ExecutionObserver = observer or ExecutionStats()
@@ -116,7 +127,9 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def run(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+    async def run(
+        self, inputs: Tensors, deadline: float | None = None, trace: RequestTrace | None = None
+    ) -> Tensors:
         rows = next(iter(inputs.values())).shape[0]
         limit = self.settings.queue_limit
         # A request larger than the whole bound is still taken by an empty queue.
@@ -126,7 +139,7 @@ class DynamicBatcher:
                 f"has {rows}, the limit is {limit} rows (batching.max_queue_size)"
             )
         loop = asyncio.get_running_loop()
-        request = _Request(inputs, rows, loop.create_future(), self.clock(), deadline)
+        request = _Request(inputs, rows, loop.create_future(), self.clock(), deadline, trace)
         key = (
             ()
             if self._one_shape
@@ -260,7 +273,7 @@ class DynamicBatcher:
             outputs: Tensors | None, error: BaseException | None, started: float, ended: float
         ) -> None:
             loop.call_soon_threadsafe(
-                self._finished, pieces, rows, padded, alone, outputs, error, ended - started
+                self._finished, pieces, rows, padded, alone, outputs, error, started, ended
             )
 
         self.runner.submit(_concatenate(pieces, rows, padded), done)
@@ -273,14 +286,17 @@ class DynamicBatcher:
         alone: bool,
         outputs: Tensors | None,
         error: BaseException | None,
-        seconds: float,
+        started: float,
+        ended: float,
     ) -> None:
         if not alone:
             self._free_slots += 1
             if self._queued_rows and not self._dispatch_pending:
                 self._schedule_dispatch(asyncio.get_running_loop())
+        if self.tracing is not None:
+            self._trace(pieces, rows, padded, error, started, ended)
         if outputs is not None:
-            self.observer.observe_execution(rows, padded - rows, seconds, len(pieces))
+            self.observer.observe_execution(rows, padded - rows, ended - started, len(pieces))
             self._answer(pieces, outputs)
         elif isinstance(error, InvalidInput) and len(pieces) > 1:
             for piece in pieces:  # one request's values spoil the batch: find which, alone
@@ -292,6 +308,20 @@ class DynamicBatcher:
                 log.error("model %s: a batch of %d rows failed", self.name, rows, exc_info=error)
             for request, _, _ in pieces:
                 self._fail(request, error)
+
+    def _trace(
+        self,
+        pieces: list[Piece],
+        rows: int,
+        padded: int,
+        error: BaseException | None,
+        started: float,
+        ended: float,
+    ) -> None:
+        """The execution's span, when it served a traced request (before they are answered)."""
+        served = [(r.trace, r.enqueued, count) for r, _, count in pieces if r.trace is not None]
+        if served and self.tracing is not None:
+            self.tracing.executed(served, rows, padded - rows, len(pieces), started, ended, error)
 
     @staticmethod
     def _answer(pieces: list[Piece], outputs: Tensors) -> None:

@@ -170,6 +170,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
     from service.server import ServerSettings
     from service.settings import ServerConfig
     from service.tls import tls_files
+    from service.tracing import tracing_settings
 
     tls = tls_files(args.tls_cert, args.tls_key, args.tls_client_ca)
     single = single_model(args)
@@ -206,6 +207,13 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         poll_interval=args.poll_interval,
         load_models=tuple(args.load_model),
         tls=tls,
+        tracing=tracing_settings(
+            os.environ,
+            args.otel_endpoint,
+            args.otel_service_name,
+            args.otel_sampler,
+            args.otel_sampler_arg,
+        ),
     )
 
 
@@ -471,6 +479,37 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="PEM CA certificates: clients must present a certificate one of them signed "
         "(mutual TLS; default: none: no client certificate asked for)",
+    )
+    group = sub.add_argument_group(
+        "tracing (OpenTelemetry, off by default; each flag wins over its standard OTEL_* "
+        "variable; docs/tracing.md)"
+    )
+    group.add_argument(
+        "--otel-endpoint",
+        metavar="URL",
+        help="turn tracing on: send spans over OTLP/gRPC to URL, e.g. "
+        "http://otel-collector:4317 (env OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+        "OTEL_EXPORTER_OTLP_ENDPOINT; default: none, tracing off; OTEL_SDK_DISABLED=true "
+        "keeps it off)",
+    )
+    group.add_argument(
+        "--otel-service-name",
+        metavar="NAME",
+        help="service.name of the spans (env OTEL_SERVICE_NAME; default plexserve)",
+    )
+    group.add_argument(
+        "--otel-sampler",
+        metavar="SAMPLER",
+        help="which requests are traced: always_on, always_off, traceidratio, "
+        "parentbased_always_on, parentbased_always_off, parentbased_traceidratio (env "
+        "OTEL_TRACES_SAMPLER; default parentbased_always_on: every request, unless the "
+        "client's traceparent says its trace is not sampled)",
+    )
+    group.add_argument(
+        "--otel-sampler-arg",
+        metavar="RATIO",
+        help="the fraction of traces the *traceidratio samplers keep, 0..1 (env "
+        "OTEL_TRACES_SAMPLER_ARG; default 1.0)",
     )
     group = sub.add_argument_group("TensorFlow")
     group.add_argument(

@@ -6,6 +6,10 @@ signature, run, check and select the outputs, and count the outcome (Prometheus 
 version's own statistics). Knows no protobuf and no front end: tensors are
 `dict[str, numpy.ndarray]` keyed by the signature's names. Used from the event loop.
 
+Tracing (service/otel.py): a front end passes the RequestTrace of a sampled request, and the
+data plane times its decoding and hands it to the model's batcher or runner; without one,
+nothing of tracing runs. `request_id` is read only when an access-log line is written.
+
 Shutdown: after `refuse_new_requests()`, every new request is answered UNAVAILABLE (ShuttingDown)
 and `drain()` waits for the ones already accepted (queued in a batcher or running) to be answered.
 """
@@ -18,6 +22,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -27,6 +32,9 @@ from service.repository import ModelRepository, ModelVersion
 from service.runner import SERVING_SIGNATURE
 from service.signature import Tensors
 from service.stats import InflightCounter
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace, Tracing
 
 access_log = logging.getLogger("plexserve.access")
 OK = grpc.StatusCode.OK
@@ -47,10 +55,12 @@ class DataPlane:
         repository: ModelRepository,
         metrics: Metrics | None = None,
         access_log_sample: float = 0.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
         self.access_log_sample = access_log_sample  # fraction of requests logged, 0 = none
+        self.tracing = tracing  # None: tracing off
         self.accepting = True
         self._inflight = InflightCounter()  # accepted requests not answered yet
 
@@ -84,6 +94,8 @@ class DataPlane:
         protocol: str,
         label: str = "",
         signature_name: str = "",
+        request_id: Callable[[], str] | None = None,
+        trace: RequestTrace | None = None,
     ) -> InferResult:
         """Answer one request for (name, version or label); neither = the newest available.
 
@@ -91,7 +103,8 @@ class DataPlane:
         the caller still waits (its gRPC deadline); a request still queued when it passes is
         answered DEADLINE_EXCEEDED without being computed. `signature_name`: "" or the one
         signature every version serves (`serving_default`). `protocol` ("v2", "tfserving")
-        labels the request metrics.
+        labels the request metrics. `request_id`: the client's name for the request, read when
+        an access-log line is written. `trace`: the request's trace when it is sampled.
         """
         started = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -115,15 +128,19 @@ class DataPlane:
                     f'Serving signature key "{signature_name}" not found. Model '
                     f"'{model.name}' version {model.version} serves \"{SERVING_SIGNATURE}\" only"
                 )
-            inputs, requested = decode()
-            signature = model.signature
-            rows = signature.validate(inputs)
+            if trace is None:
+                inputs, requested = decode()
+                signature = model.signature
+                rows = signature.validate(inputs)
+            else:
+                inputs, requested, rows = trace.decode(model, decode)
+                signature = model.signature
             if requested:
                 signature.check_outputs(requested)
             if rows == 0:  # TensorFlow is never called with 0 rows (conv models raise on it)
                 names = requested or signature.outputs
                 return InferResult(model, {n: signature.outputs[n].empty(0) for n in names})
-            results = await model.run(inputs, deadline)
+            results = await model.run(inputs, deadline, trace)
             if requested:  # those, in the order asked for
                 results = {n: results[n] for n in requested}
             return InferResult(model, results)
@@ -147,13 +164,38 @@ class DataPlane:
                     name if known else UNKNOWN_MODEL, "", protocol, code, seconds
                 )
             if self.access_log_sample and random.random() < self.access_log_sample:
-                access_log.info(
-                    "%s model=%s version=%s code=%s rows=%d ms=%.3f",
+                self._access_log(
                     protocol,
                     name,
                     model.version if model is not None else version,
-                    code.name,
+                    code,
                     rows,
-                    seconds * 1000,
-                    extra={"protocol": protocol, "model": name, "code": code.name},
+                    seconds,
+                    request_id() if request_id is not None else "",
+                    trace.trace_id if trace is not None else "",
                 )
+
+    @staticmethod
+    def _access_log(
+        protocol: str,
+        name: str,
+        version: int | str,
+        code: grpc.StatusCode,
+        rows: int,
+        seconds: float,
+        request_id: str,
+        trace_id: str,
+    ) -> None:
+        """One line (logger plexserve.access); the request id and trace id when there are."""
+        line = "%s model=%s version=%s code=%s rows=%d ms=%.3f"
+        args: list[object] = [protocol, name, version, code.name, rows, seconds * 1000]
+        extra = {"protocol": protocol, "model": name, "code": code.name}
+        if request_id:
+            line += " request_id=%s"
+            args.append(request_id)
+            extra["request_id"] = request_id
+        if trace_id:
+            line += " trace_id=%s"
+            args.append(trace_id)
+            extra["trace_id"] = trace_id
+        access_log.info(line, *args, extra=extra)

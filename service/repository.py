@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.batching import DynamicBatcher
 from service.errors import InvalidInput, LoadFailed, ModelNotFound, ModelNotReady
@@ -39,6 +40,9 @@ from service.settings import (
 )
 from service.signature import Signature, Tensors
 from service.stats import ExecutionStats, InflightCounter
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +97,15 @@ class ModelVersion:
     def max_batch_size(self) -> int:
         return self.settings.batching.max_batch_size
 
-    async def run(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+    async def run(
+        self, inputs: Tensors, deadline: float | None = None, trace: RequestTrace | None = None
+    ) -> Tensors:
         executor = self.batcher or self.runner
         if executor is None:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is {self.state.value}")
         self._inflight.enter()
         try:
-            return await executor.run(inputs, deadline)
+            return await executor.run(inputs, deadline, trace)
         finally:
             self._inflight.exit()
 
@@ -208,8 +214,10 @@ class ModelRepository:
         flags: dict[str, object] | None = None,
         load_runner: RunnerLoader = load_runner,
         single_model: SingleModel | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.root = root
+        self.tracing = tracing  # given to each batcher: it makes the spans of executions
         self.single_model = single_model  # set: that one model, instead of scanning `root`
         self.config = config or ServerConfig()
         self.flags = flags or {}
@@ -521,7 +529,9 @@ class ModelRepository:
                 return
         batching = mv.settings.batching
         if batching.enabled:
-            mv.batcher = DynamicBatcher(runner, batching, name=mv.name, observer=mv.stats)
+            mv.batcher = DynamicBatcher(
+                runner, batching, name=mv.name, observer=mv.stats, tracing=self.tracing
+            )
         else:
             runner.observer = mv.stats
         mv.runner = runner

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +31,9 @@ from service.settings import SettingsError
 from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
 from service.stats import ExecutionObserver
 from service.threads import name_thread
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +285,11 @@ class SignatureRunner:
             else:
                 done(outputs, None, started, time.monotonic())
 
-    async def run(self, inputs: Tensors, deadline: float | None = None) -> Tensors:
+    async def run(
+        self, inputs: Tensors, deadline: float | None = None, trace: RequestTrace | None = None
+    ) -> Tensors:
         """Run on a worker thread. A request whose deadline passed while it waited for a thread
-        is not computed."""
+        is not computed. A traced request gets its queue and execute spans (service/otel.py)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Tensors, float, float]] = loop.create_future()
         submitted = time.monotonic()
@@ -299,6 +304,8 @@ class SignatureRunner:
         if self.observer is not None:
             self.observer.observe_queue(started - submitted)
             self.observer.observe_execution(len(next(iter(inputs.values()))), 0, ended - started)
+        if trace is not None:
+            trace.ran(submitted, started, ended, len(next(iter(inputs.values()))))
         return outputs
 
     def warm_up(self, rows: int = 1) -> None:

@@ -9,7 +9,8 @@ Shutdown (`Server.stop`), in order: health and readiness go NOT_SERVING and the 
 refuses new inference requests (UNAVAILABLE "shutting down") while the gRPC port stays open, so
 clients hear why; the requests already accepted (queued in a batcher or running) get the grace
 period to be answered; then the gRPC server stops, cancelling whatever still runs (its clients see
-UNAVAILABLE "Cancelling all calls"); then HTTP stops and the models unload.
+UNAVAILABLE "Cancelling all calls"); then HTTP stops and the models unload; then the spans
+still queued for export are sent (tracing on: service/otel.py, within a few seconds).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from service.runner import configure_tensorflow, freeze_startup_objects
 from service.settings import ServerConfig
 from service.threads import name_thread
 from service.tls import TlsFiles, server_credentials
+from service.tracing import TracingSettings, start_tracing
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class ServerSettings:
     tls: TlsFiles | None = None  # None: plaintext gRPC (HTTP is always plain)
     # Set: serve this one model from its own folder (KServe's /mnt/models), not a repository.
     single_model: SingleModel | None = None
+    tracing: TracingSettings = field(default_factory=TracingSettings)  # default: off
 
 
 def server_version() -> str:
@@ -103,16 +106,21 @@ def server_version() -> str:
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        # None when off: then OpenTelemetry is not even imported.
+        self.tracing = start_tracing(settings.tracing, server_version())
         self.repository = ModelRepository(
             settings.repository,
             settings.config,
             dict(settings.model_flags),
             single_model=settings.single_model,
+            tracing=self.tracing,
         )
         self.registry = settings.registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.repository.listeners.append(self.metrics.on_state_change)
-        self.dataplane = DataPlane(self.repository, self.metrics, settings.access_log_sample)
+        self.dataplane = DataPlane(
+            self.repository, self.metrics, settings.access_log_sample, self.tracing
+        )
         self.http = RestServer(
             self.dataplane,
             self.registry,
@@ -278,6 +286,8 @@ class Server:
             await self._grpc.stop(min(max(remaining, 0.0), FLUSH_SECONDS))
         await self.http.stop()
         await self.repository.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
         log.info("shutdown: done in %.1f s", time.monotonic() - started)
 
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from service.errors import ServingError
+from service.tracing import with_request_id
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +22,14 @@ S = TypeVar("S")
 Method = Callable[[S, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def status_of(error: BaseException, what: str) -> tuple[grpc.StatusCode, str]:
-    """The (code, message) a client sees for `error` raised while doing `what`."""
+def status_of(error: BaseException, what: str, request_id: str = "") -> tuple[grpc.StatusCode, str]:
+    """The (code, message) a client sees for `error` raised while doing `what`; the message
+    ends with the client's request id when it sent one (service/tracing.py)."""
     if isinstance(error, ServingError):
-        return error.code, error.message
-    log.error("%s failed", what, exc_info=error)
-    return grpc.StatusCode.INTERNAL, f"{what} failed: {type(error).__name__}: {error}"
+        return error.code, with_request_id(error.message, request_id)
+    log.error("%s failed", with_request_id(what, request_id), exc_info=error)
+    message = f"{what} failed: {type(error).__name__}: {error}"
+    return grpc.StatusCode.INTERNAL, with_request_id(message, request_id)
 
 
 def grpc_errors(method: Method[S]) -> Method[S]:

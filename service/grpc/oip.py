@@ -2,14 +2,21 @@
 
 Thin: protobuf -> codec -> DataPlane / ModelRepository -> codec -> protobuf. No model logic here.
 Runs on the grpc.aio event loop.
+
+ModelInfer takes one of two paths, chosen by one attribute check: the plain one, or, when the
+server traces requests or writes an access log, the observed one, which also reads the request id
+and, for a sampled request, makes its trace (service/otel.py). ModelStreamInfer is not traced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -20,12 +27,22 @@ from service.grpc.boundary import grpc_errors, status_of
 from service.proto import grpc_service_pb2 as pb
 from service.proto import grpc_service_pb2_grpc as pb_grpc
 from service.repository import ModelState
+from service.tracing import REQUEST_ID, given, metadata_value
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "plexserve"
 # Only extensions that work end to end are listed: clients such as perf_analyzer call them.
 EXTENSIONS = ["model_configuration", "model_repository", "statistics"]
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def request_id(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> str:
+    """The request's `id`, else its x-request-id metadata entry ("" when neither)."""
+    return request.id or metadata_value(context.invocation_metadata(), REQUEST_ID)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -33,6 +50,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._dataplane = dataplane
         self._repository = dataplane.repository
         self._server_version = server_version
+        self._tracing = dataplane.tracing
+        self._observed = dataplane.tracing is not None or dataplane.access_log_sample > 0
 
     @grpc_errors
     async def ServerLive(
@@ -151,7 +170,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     async def _infer(
-        self, request: pb.ModelInferRequest, timeout: float | None = None
+        self,
+        request: pb.ModelInferRequest,
+        timeout: float | None = None,
+        request_id: Callable[[], str] | None = None,
+        trace: RequestTrace | None = None,
     ) -> pb.ModelInferResponse:
         result = await self._dataplane.infer(
             request.model_name,
@@ -159,15 +182,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             partial(codec.decode_infer_request, request),
             timeout,
             protocol="v2",
+            request_id=request_id,
+            trace=trace,
         )
         model = result.model
-        return codec.encode_infer_response(
+        if trace is None:
+            return codec.encode_infer_response(
+                model.name, model.version_text, request.id, result.outputs, model.signature
+            )
+        started = time.monotonic()
+        response = codec.encode_infer_response(
             model.name, model.version_text, request.id, result.outputs, model.signature
         )
+        trace.encoded(started)
+        return response
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        if self._observed:
+            return await self._observed_infer(request, context)
         # `_infer` and the boundary of `grpc_errors`, inlined: every request passes here.
         try:
             result = await self._dataplane.infer(
@@ -182,7 +216,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 model.name, model.version_text, request.id, result.outputs, model.signature
             )
         except Exception as error:  # noqa: BLE001 - converted once, here
-            code, message = status_of(error, "ModelInfer")
+            code, message = status_of(error, "ModelInfer", request_id(request, context))
+        await context.abort(code, message)
+        raise AssertionError("abort raises")
+
+    async def _observed_infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """ModelInfer with its request id at hand and, when it is sampled, traced."""
+        trace = None
+        if self._tracing is None:  # access log only: the id is read if a line is written
+            ids: Callable[[], str] = functools.partial(request_id, request, context)
+        else:
+            metadata = context.invocation_metadata()
+            known = request.id or metadata_value(metadata, REQUEST_ID)
+            ids = given(known)
+            trace = self._tracing.start_grpc(
+                SERVICE, "ModelInfer", "v2", metadata, request.model_name, request.model_version
+            )
+        code, message = grpc.StatusCode.CANCELLED, "cancelled"
+        try:
+            response = await self._infer(request, context.time_remaining(), ids, trace)
+            code = grpc.StatusCode.OK
+            return response
+        except Exception as error:  # noqa: BLE001 - converted once, here
+            code, message = status_of(error, "ModelInfer", ids())
+        finally:
+            if trace is not None:
+                trace.end_grpc(code, message, ids())
         await context.abort(code, message)
         raise AssertionError("abort raises")
 

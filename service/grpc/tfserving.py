@@ -3,9 +3,17 @@
 Thin: protobuf -> codec -> DataPlane / ModelRepository -> codec -> protobuf, over the same core,
 validation, batcher and deadline handling as the OIP servicer. The calls plexserve does not offer
 answer UNIMPLEMENTED saying what to use instead. Runs on the grpc.aio event loop.
+
+Predict, like ModelInfer, has a plain path and, when the server traces requests or writes an
+access log, an observed one (request id from x-request-id metadata; spans when sampled).
 """
 
 from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 from tensorflow_serving.apis import (
@@ -19,8 +27,20 @@ from tensorflow_serving.apis import (
 from service.codecs import tfserving as codec
 from service.dataplane import DataPlane
 from service.errors import InvalidInput, ModelNotFound, Unimplemented
-from service.grpc.boundary import grpc_errors
+from service.grpc.boundary import grpc_errors, status_of
 from service.runner import SERVING_SIGNATURE
+from service.tracing import REQUEST_ID, given, metadata_value
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace
+
+SERVICE = "tensorflow.serving.PredictionService"
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """The x-request-id metadata entry ("" when absent): TF Serving's requests carry no id."""
+    return metadata_value(context.invocation_metadata(), REQUEST_ID)
+
 
 _USE_PREDICT = (
     f"plexserve serves each model's '{SERVING_SIGNATURE}' signature through Predict: call "
@@ -31,24 +51,79 @@ _USE_PREDICT = (
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
+        self._tracing = dataplane.tracing
+        self._observed = dataplane.tracing is not None or dataplane.access_log_sample > 0
 
-    @grpc_errors
-    async def Predict(
-        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    async def _predict(
+        self,
+        request: predict_pb2.PredictRequest,
+        timeout: float | None,
+        request_id: Callable[[], str] | None = None,
+        trace: RequestTrace | None = None,
     ) -> predict_pb2.PredictResponse:
         name, version, label = codec.decode_model_spec(request.model_spec)
         result = await self._dataplane.infer(
             name,
             version,
             lambda: (codec.decode_tensors(request.inputs), list(request.output_filter)),
-            context.time_remaining(),
+            timeout,
             protocol="tfserving",
             label=label,
             signature_name=request.model_spec.signature_name,
+            request_id=request_id,
+            trace=trace,
         )
-        return codec.encode_predict_response(
+        if trace is None:
+            return codec.encode_predict_response(
+                result.model.name, result.model.version, SERVING_SIGNATURE, result.outputs
+            )
+        started = time.monotonic()
+        response = codec.encode_predict_response(
             result.model.name, result.model.version, SERVING_SIGNATURE, result.outputs
         )
+        trace.encoded(started)
+        return response
+
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        if self._observed:
+            return await self._observed_predict(request, context)
+        # The boundary of `grpc_errors`, inlined: every request passes here.
+        try:
+            return await self._predict(request, context.time_remaining())
+        except Exception as error:  # noqa: BLE001 - converted once, here
+            code, message = status_of(error, "Predict", request_id(context))
+        await context.abort(code, message)
+        raise AssertionError("abort raises")
+
+    async def _observed_predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        """Predict with its request id at hand and, when it is sampled, traced."""
+        trace = None
+        if self._tracing is None:  # access log only: the id is read if a line is written
+            ids: Callable[[], str] = functools.partial(request_id, context)
+        else:
+            metadata = context.invocation_metadata()
+            ids = given(metadata_value(metadata, REQUEST_ID))
+            spec = request.model_spec
+            version = str(spec.version.value) if spec.HasField("version") else ""
+            trace = self._tracing.start_grpc(
+                SERVICE, "Predict", "tfserving", metadata, spec.name, version
+            )
+        code, message = grpc.StatusCode.CANCELLED, "cancelled"
+        try:
+            response = await self._predict(request, context.time_remaining(), ids, trace)
+            code = grpc.StatusCode.OK
+            return response
+        except Exception as error:  # noqa: BLE001 - converted once, here
+            code, message = status_of(error, "Predict", ids())
+        finally:
+            if trace is not None:
+                trace.end_grpc(code, message, ids())
+        await context.abort(code, message)
+        raise AssertionError("abort raises")
 
     @grpc_errors
     async def GetModelMetadata(

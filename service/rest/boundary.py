@@ -5,15 +5,21 @@ the Open Inference Protocol's REST API shares), with the status `http_status` gi
 gRPC code mapped once here, plus the few HTTP-only refusals below (body too large, wrong content
 type, a client too slow to send its body) and queue full, which asks the client to slow down
 (429) rather than to go elsewhere. Anything unexpected is logged with its traceback and
-answered 500, naming what failed. Loop-bound (aiohttp handlers and middleware).
+answered 500, naming what failed. An error message ends with the client's request id when it
+sent one: the Open Inference Protocol body's `id` (which the infer handler stores in the request
+under OIP_REQUEST_ID) or an X-Request-Id header. `observed` runs an inference handler with its
+request id at hand and, when the request is sampled, traced (service/otel.py).
+Loop-bound (aiohttp handlers and middleware).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
@@ -21,6 +27,10 @@ from aiohttp.typedefs import Handler, Middleware
 
 from service.codecs.oip_json import dumps
 from service.errors import QueueFull, ServingError
+from service.tracing import REQUEST_ID, with_request_id
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,15 @@ class BodyReadTimeout(ServingError):
 
 class BodyUnreadable(ServingError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+OIP_REQUEST_ID = web.RequestKey("plexserve.oip_request_id", str)  # the OIP body's `id`
+
+
+def request_id(request: web.Request) -> str:
+    """The OIP body's `id` once the body is read, else the X-Request-Id header ("": neither)."""
+    stored: str = request.get(OIP_REQUEST_ID, "")
+    return stored or request.headers.get(REQUEST_ID) or ""
 
 
 _STATUS_OF_CODE: dict[grpc.StatusCode, int] = {
@@ -106,15 +125,19 @@ def error_middleware(accepting: Callable[[], bool]) -> Middleware:
         try:
             response = await handler(request)
         except ServingError as error:
-            response = error_response(http_status(error), error.message)
+            response = error_response(
+                http_status(error), with_request_id(error.message, request_id(request))
+            )
             if isinstance(error, BodyTooLarge | BodyReadTimeout):
                 response.force_close()  # the rest of the body is not read: drop it
         except web.HTTPException as error:  # aiohttp's own: no such route, wrong method
             response = _route_error(error, request)
         except Exception as error:  # noqa: BLE001 - converted once, here
-            log.error("%s %s failed", request.method, request.path, exc_info=error)
+            what = f"{request.method} {request.path} failed"
+            rid = request_id(request)
+            log.error("%s", with_request_id(what, rid), exc_info=error)
             response = error_response(
-                500, f"{request.method} {request.path} failed: {type(error).__name__}: {error}"
+                500, with_request_id(f"{what}: {type(error).__name__}: {error}", rid)
             )
         if not accepting():
             response.force_close()
@@ -163,3 +186,44 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     except web.RequestPayloadError as error:
         raise BodyUnreadable(f"the request body could not be read: {error}") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+# An inference handler's body: (request id getter, trace or None) -> the response.
+Inference = Callable[[Callable[[], str], "RequestTrace | None"], Awaitable[web.Response]]
+
+
+async def observed(
+    request: web.Request,
+    tracing: Tracing | None,
+    route: str,
+    protocol: str,
+    model: str,
+    version: str,
+    handle: Inference,
+) -> web.Response:
+    """Run `handle` with the request's id at hand and, when the server traces and the request
+    is sampled, its trace: a server span named after `route` (the path template), ended with the
+    status the middleware will answer. Its decode span starts here: REST decoding includes
+    reading and parsing the body."""
+    ids = functools.partial(request_id, request)
+    trace = None
+    if tracing is not None:
+        trace = tracing.start_http(
+            request.method, route, request.path, request.headers, protocol, model, version
+        )
+        if trace is not None:
+            trace.decode_from = time.monotonic()
+    status, message = 499, "the client went away"
+    try:
+        response = await handle(ids, trace)
+        status = response.status
+        return response
+    except ServingError as error:
+        status, message = http_status(error), error.message
+        raise
+    except Exception as error:
+        status, message = 500, f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        if trace is not None:
+            trace.end_http(status, message, ids())

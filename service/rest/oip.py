@@ -12,12 +12,16 @@ tensor extension, so that `tritonclient.http` and `perf_analyzer -i http` work u
   POST /v2/repository/models/{m}/load | /unload     explicit model control only
 
 Thin, like the gRPC servicer it mirrors: JSON -> codec -> DataPlane / ModelRepository -> codec ->
-JSON, over the same core, batcher, metrics (protocol "v2-rest") and statistics. Loop-bound.
+JSON, over the same core, batcher, metrics (protocol "v2-rest") and statistics. When the server
+traces requests or writes an access log, infer is routed through `observed` (request id, trace;
+service/rest/boundary.py). Loop-bound.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -27,8 +31,11 @@ from service.dataplane import DataPlane
 from service.errors import InvalidInput, ModelControlDisabled, ServingError
 from service.proto import grpc_service_pb2 as pb
 from service.repository import ModelState
-from service.rest.boundary import JSON, json_response, read_body
+from service.rest.boundary import JSON, OIP_REQUEST_ID, json_response, observed, read_body
 from service.signature import Tensors
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace
 
 PROTOCOL = "v2-rest"
 SERVER_NAME = "plexserve"
@@ -54,6 +61,8 @@ class OipRest:
         self._live = live
         self._max_body_bytes = max_body_bytes
         self._read_timeout = read_timeout
+        self._tracing = dataplane.tracing
+        self._observed = dataplane.tracing is not None or dataplane.access_log_sample > 0
 
     def routes(self) -> list[web.RouteDef]:
         model = "/v2/models/{name}"
@@ -73,7 +82,7 @@ class OipRest:
                 web.get(f"{prefix}/ready", self.model_ready),
                 web.get(f"{prefix}/config", self.model_config),
                 web.get(f"{prefix}/stats", self.statistics),
-                web.post(f"{prefix}/infer", self.infer),
+                web.post(f"{prefix}/infer", self.observed_infer if self._observed else self.infer),
             ]
         return routes
 
@@ -167,13 +176,31 @@ class OipRest:
         await self._repository.unload_model(request.match_info["name"])
         return web.Response(content_type=JSON)
 
-    async def infer(self, request: web.Request) -> web.Response:
+    async def observed_infer(self, request: web.Request) -> web.Response:
+        route = request.match_info.route.resource
+        return await observed(
+            request,
+            self._tracing,
+            route.canonical if route is not None else request.path,
+            PROTOCOL,
+            *_model_version(request),
+            lambda ids, trace: self.infer(request, ids, trace),
+        )
+
+    async def infer(
+        self,
+        request: web.Request,
+        request_id: Callable[[], str] | None = None,
+        trace: RequestTrace | None = None,
+    ) -> web.Response:
         name, version = _model_version(request)
         parsed: codec.InferRequest | None = None
         failure: ServingError | None = None
         try:
             body = await read_body(request, self._max_body_bytes, self._read_timeout)
             parsed = codec.parse_infer_request(body, request.headers.get(codec.HEADER_LENGTH))
+            if parsed.id:  # for error messages, the access log, the trace
+                request[OIP_REQUEST_ID] = parsed.id
         except ServingError as error:
             failure = error  # answered once the model is known, so that it counts under it
 
@@ -189,15 +216,28 @@ class OipRest:
             decode,
             parsed.timeout if parsed is not None else None,
             protocol=PROTOCOL,
+            request_id=request_id,
+            trace=trace,
         )
         assert parsed is not None
-        body, header_length = codec.encode_infer_response(
-            result.model.name,
-            str(result.model.version),
-            parsed,
-            result.outputs,
-            result.model.signature,
-        )
+        if trace is None:
+            body, header_length = codec.encode_infer_response(
+                result.model.name,
+                str(result.model.version),
+                parsed,
+                result.outputs,
+                result.model.signature,
+            )
+        else:
+            started = time.monotonic()
+            body, header_length = codec.encode_infer_response(
+                result.model.name,
+                str(result.model.version),
+                parsed,
+                result.outputs,
+                result.model.signature,
+            )
+            trace.encoded(started)
         if header_length is None:
             return web.Response(body=body, content_type=JSON)
         response = web.Response(body=body, content_type=BINARY)

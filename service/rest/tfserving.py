@@ -8,12 +8,17 @@
 Paths are matched as TF Serving matches them (case-insensitive; the name and label
 percent-decoded). Thin, like the gRPC servicers it mirrors: JSON -> codec -> DataPlane /
 ModelRepository -> codec -> JSON, over the same core, batcher, metrics (protocol
-"tfserving-rest") and statistics. Loop-bound.
+"tfserving-rest") and statistics. When the server traces requests or writes an access log,
+:predict runs through `observed` (request id from X-Request-Id, trace; service/rest/boundary.py).
+Loop-bound.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -23,9 +28,12 @@ from service.codecs import tfserving as messages
 from service.codecs import tfserving_json as codec
 from service.dataplane import DataPlane
 from service.errors import ModelNotFound, ServingError, Unimplemented
-from service.rest.boundary import JSON, read_body
+from service.rest.boundary import JSON, observed, read_body
 from service.runner import SERVING_SIGNATURE
 from service.signature import Tensors
+
+if TYPE_CHECKING:
+    from service.otel import RequestTrace
 
 PROTOCOL = "tfserving-rest"
 _MODEL = r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?"
@@ -43,6 +51,8 @@ class TfServingRest:
         self._repository = dataplane.repository
         self._max_body_bytes = max_body_bytes
         self._read_timeout = read_timeout
+        self._tracing = dataplane.tracing
+        self._observed = dataplane.tracing is not None or dataplane.access_log_sample > 0
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", "/v1/{path:.*}", self.dispatch)]
@@ -59,6 +69,19 @@ class TfServingRest:
                     f"model's named inputs (GET /v1/models/{unquote(name)}/metadata lists them)"
                 )
             name, version, label = unquote(name), _number(version), unquote(label or "")
+            if self._observed:
+                route = "/v1/models/{name}" + (
+                    "/versions/{version}" if version else "/labels/{label}" if label else ""
+                )
+                return await observed(
+                    request,
+                    self._tracing,
+                    route + ":predict",
+                    PROTOCOL,
+                    name,
+                    version,
+                    lambda ids, trace: self.predict(request, name, version, label, ids, trace),
+                )
             return await self.predict(request, name, version, label)
         if (match := _STATUS.fullmatch(path)) is not None:
             if request.method not in ("GET", "HEAD"):
@@ -70,7 +93,13 @@ class TfServingRest:
         raise ModelNotFound(f"no endpoint {request.method} {request.path}; {_USAGE}")
 
     async def predict(
-        self, request: web.Request, name: str, version: str, label: str
+        self,
+        request: web.Request,
+        name: str,
+        version: str,
+        label: str,
+        request_id: Callable[[], str] | None = None,
+        trace: RequestTrace | None = None,
     ) -> web.Response:
         parsed: codec.PredictRequest | None = None
         failure: ServingError | None = None
@@ -96,11 +125,18 @@ class TfServingRest:
             protocol=PROTOCOL,
             label=label,
             signature_name=parsed.signature_name if parsed is not None else "",
+            request_id=request_id,
+            trace=trace,
         )
         assert parsed is not None
-        return web.Response(
-            body=codec.encode_predict_response(result.outputs, parsed.row), content_type=JSON
-        )
+        if trace is None:
+            return web.Response(
+                body=codec.encode_predict_response(result.outputs, parsed.row), content_type=JSON
+            )
+        started = time.monotonic()
+        body = codec.encode_predict_response(result.outputs, parsed.row)
+        trace.encoded(started)
+        return web.Response(body=body, content_type=JSON)
 
     def metadata(self, name: str, version: str, label: str) -> web.Response:
         model = self._dataplane.resolve(name, version, label)
