@@ -5,6 +5,12 @@ owns start-up, signals and shutdown. Nothing else constructs the world.
 `Server` is created and used inside a running event loop (grpc.aio). Tests run it in-process on
 port 0; `serve` is what `plexserve serve` runs until SIGTERM or SIGINT.
 
+Start-up (`Server.start`), in order: the HTTP port listens (live; not ready), the models the
+server starts with load and warm up, and only once each is AVAILABLE or FAILED does the gRPC
+port open, as TF Serving and Triton do: a gRPC client never reaches a server that does not know
+its model yet. A busy gRPC port stops the server before anything loads (SO_REUSEPORT is off, so
+a second server cannot take half of the connections silently).
+
 Shutdown (`Server.stop`), in order: health and readiness go NOT_SERVING and the data plane
 refuses new inference requests (UNAVAILABLE "shutting down") while the gRPC port stays open, so
 clients hear why; the requests already accepted (queued in a batcher or running) get the grace
@@ -16,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +56,7 @@ from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from service.repository import ModelRepository, ModelState, ModelVersion, SingleModel
 from service.rest.app import HttpSettings, RestServer
 from service.runner import configure_tensorflow, freeze_startup_objects
-from service.settings import ServerConfig
+from service.settings import ServerConfig, SettingsError
 from service.threads import name_thread
 from service.tls import TlsFiles, server_credentials
 
@@ -129,6 +137,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._published: set[str] = set()
+        self._serving = False  # the gRPC port is open: the start-up models are settled
         self._stopping = False
         self.grpc_port = 0
         self.repository.listeners.append(self._on_state_change)
@@ -137,12 +146,20 @@ class Server:
         return not self._stopping
 
     def ready(self) -> bool:
-        """Ready to take traffic: not shutting down, and the models that should serve do."""
-        return not self._stopping and self.repository.ready(self.settings.ready_when == "any")
+        """Ready to take traffic: the one rule of every front end (gRPC health "", OIP
+        ServerReady, /v2/health/ready). The gRPC port is open, the server is not shutting down,
+        and the models that should serve do (--ready-when: all of them, or any)."""
+        return (
+            self._serving
+            and not self._stopping
+            and self.repository.ready(self.settings.ready_when == "any")
+        )
 
     async def start(self) -> None:
-        """Listen first (health answers NOT_SERVING while models load), then load every model."""
-        credentials = server_credentials(self.settings.tls) if self.settings.tls else None
+        """HTTP first (live, not ready), then the start-up models, then the gRPC port."""
+        settings = self.settings
+        credentials = server_credentials(settings.tls) if settings.tls else None
+        check_port_free(settings.host, settings.grpc_port, "--grpc-port")  # before the long part
         loop = asyncio.get_running_loop()
         loop.set_default_executor(
             ThreadPoolExecutor(
@@ -150,18 +167,44 @@ class Server:
                 initializer=name_thread,
                 initargs=("plexserve-io",),
             )
-        )  # loads, warm-ups, closes
+        )  # loads, warm-ups, closes, repository scans
         self._spawn(self._watch_loop())
         gpus = configure_tensorflow(
-            self.settings.intra_op_threads, self.settings.inter_op_threads, self.settings.device
+            settings.intra_op_threads, settings.inter_op_threads, settings.device
         )
         log.info("TensorFlow devices: %s", ", ".join(gpus) or "CPU only")
 
         log.info("froze %d start-up objects out of the garbage collector", freeze_startup_objects())
+        self._grpc = self._grpc_server()
+        await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
+        if settings.http_port is not None:
+            try:
+                await self.http.start(settings.host, settings.http_port)
+            except OSError as error:
+                raise SettingsError(
+                    f"--http-port {settings.http_port}: cannot listen on "
+                    f"{settings.host}:{settings.http_port}: {error.strerror or error}"
+                ) from None
+        if settings.single_model is not None:
+            log.info("serving %s", settings.single_model.describe())
+        await self._load_models()
+        security = self._listen(self._grpc, credentials)
+        self._serving = True
+        await self._publish_health()
+        await self._grpc.start()
+        # (after gRPC started its own threads, which would take the name over)
+        name_thread("plexserve-loop")
+        log.info("gRPC listening on %s:%d (%s)", settings.host, self.grpc_port, security)
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        """The gRPC server with every service on it; not listening yet."""
         limit = self.settings.max_message_bytes
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # grpcio shares ports by default: a second server on a busy port would bind
+            # silently and take half of the new connections. Off, binding a busy port fails.
+            ("grpc.so_reuseport", 0),
         ]
         if self.settings.max_connection_age:
             age_ms = int(self.settings.max_connection_age * 1000)
@@ -169,17 +212,17 @@ class Server:
                 ("grpc.max_connection_age_ms", age_ms),
                 ("grpc.max_connection_age_grace_ms", int(self.settings.grace_period * 1000)),
             ]
-        self._grpc = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, server_version()), self._grpc
+            InferenceServicer(self.dataplane, server_version(), self.ready), server
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.dataplane), self._grpc
+            PredictionServicer(self.dataplane), server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.dataplane), self._grpc
+            ModelServicer(self.dataplane), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [
                 grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -188,37 +231,36 @@ class Server:
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
-            self._grpc,
+            server,
         )
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
-        if credentials is None:
-            self.grpc_port = self._grpc.add_insecure_port(address)
-            security = "plaintext"
-        else:
-            self.grpc_port = self._grpc.add_secure_port(address, credentials)
-            mutual = self.settings.tls is not None and self.settings.tls.client_ca is not None
-            security = "TLS, client certificates required" if mutual else "TLS"
-        await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
-        await self._grpc.start()
-        # (after gRPC started its own threads, which would take the name over)
-        name_thread("plexserve-loop")
-        log.info("gRPC listening on %s:%d (%s)", self.settings.host, self.grpc_port, security)
-        if self.settings.http_port is not None:
-            await self.http.start(self.settings.host, self.settings.http_port)
-        if self.settings.single_model is not None:
-            log.info("serving %s", self.settings.single_model.describe())
-        await self._load_models()
-        await self._publish_health()
+        return server
+
+    def _listen(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> str:
+        """Bind the gRPC port (clients can connect from here on); what it is secured with."""
+        settings = self.settings
+        address = f"{settings.host}:{settings.grpc_port}"
+        try:
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(address)
+                return "plaintext"
+            self.grpc_port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpcio: "Failed to bind to address ..."
+            raise port_in_use(settings.host, settings.grpc_port, "--grpc-port") from None
+        mutual = settings.tls is not None and settings.tls.client_ca is not None
+        return "TLS, client certificates required" if mutual else "TLS"
 
     async def _load_models(self) -> None:
         settings = self.settings
         if settings.model_control == "explicit":
             self.repository.requested = set()
+            self.repository.pending.update(settings.load_models)
             for name in settings.load_models:
                 try:
                     await self.repository.load_model(name)
                 except ServingError as error:  # the server still starts; readiness says no
                     log.error("--load-model %s: %s", name, error.message)
+                finally:
+                    self.repository.pending.discard(name)
             return
         await self.repository.load_all()
         if settings.model_control == "poll":
@@ -279,6 +321,36 @@ class Server:
         await self.http.stop()
         await self.repository.close()
         log.info("shutdown: done in %.1f s", time.monotonic() - started)
+
+
+def port_in_use(host: str, port: int, flag: str) -> SettingsError:
+    return SettingsError(
+        f"{flag} {port}: {host}:{port} is already in use (another server listens on it, or "
+        "one still shutting down): choose another port, or stop that server first"
+    )
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Raise `port_in_use` when `host:port` cannot be bound now (port 0: any port; always free).
+    SO_REUSEADDR, as gRPC binds, so a port whose last connections are in TIME_WAIT is free."""
+    if port == 0:
+        return
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise SettingsError(f"--host {host}: cannot resolve it: {error.strerror}") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise port_in_use(host, port, flag) from None
+            raise SettingsError(
+                f"{flag} {port}: cannot listen on {host}:{port}: {error.strerror}"
+            ) from None
 
 
 def raise_open_file_limit() -> None:

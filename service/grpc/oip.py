@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -28,10 +28,16 @@ EXTENSIONS = ["model_configuration", "model_repository", "statistics"]
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, server_version: str) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        server_version: str,
+        ready: Callable[[], bool],
+    ) -> None:
         self._dataplane = dataplane
         self._repository = dataplane.repository
         self._server_version = server_version
+        self._ready = ready  # the server's one readiness rule (gRPC health and HTTP use it too)
 
     @grpc_errors
     async def ServerLive(
@@ -43,8 +49,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        # not ready once shutdown begins, like grpc.health.v1 and /v2/health/ready
-        return pb.ServerReadyResponse(ready=self._dataplane.accepting and self._repository.ready())
+        return pb.ServerReadyResponse(ready=self._ready())
 
     @grpc_errors
     async def ModelReady(

@@ -1,0 +1,191 @@
+"""Rollouts (service/server.py `start`, `stop` and `serve`; docs/rollouts.md): rolling restarts
+behind round-robin clients fail no request; the gRPC port opens only once the start-up models
+are loaded; a busy gRPC port stops the server at start; SIGTERM ends no accepted call CANCELLED;
+renewed TLS certificates are taken without a restart (tests/service/test_tls.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.cli import main
+from service.export import export_model
+from service.loop import ServingEventLoop
+from service.proto import grpc_service_pb2 as pb
+from service.proto import grpc_service_pb2_grpc as pb_grpc
+from service.repository import load_runner
+from service.server import Server, ServerSettings
+from service.settings import SettingsError
+from tests.harness import RunningServer, constant_model, infer_request, output_arrays, wait_until
+from tests.rolling import free_ports
+
+X = {"x": np.ones((1, 2), np.float32)}
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("rollout")
+    export_model(constant_model(1.0), root, "m")
+    return root
+
+
+class Starting:
+    """A Server on its own loop thread whose model loads wait for `loaded` to be set: the
+    moment between `plexserve serve` and its models being ready, held still."""
+
+    def __init__(self, repository: Path, grpc_port: int) -> None:
+        self.loaded = threading.Event()
+        self.loop = ServingEventLoop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        settings = ServerSettings(repository, host="127.0.0.1", grpc_port=grpc_port, http_port=0)
+        self.server = self.run(self._create(settings))
+        self.starting = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
+
+    async def _create(self, settings: ServerSettings) -> Server:
+        server = Server(settings)
+
+        def gated(path: Path, threads: int):  # type: ignore[no-untyped-def]
+            self.loaded.wait(60)
+            return load_runner(path, threads)
+
+        server.repository.load_runner = gated
+        return server
+
+    def run(self, coroutine, timeout: float = 60):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def http(self, path: str, body: dict[str, object] | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.server.http.port}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def close(self) -> None:
+        self.loaded.set()
+        try:
+            self.starting.result(60)
+        except Exception:  # noqa: BLE001 - a test about a failed start already checked it
+            pass
+        self.run(self.server.stop(grace=0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def two_models(tmp_path: Path) -> Path:
+    export_model(constant_model(1.0), tmp_path, "first")
+    export_model(constant_model(2.0), tmp_path, "second")
+    return tmp_path
+
+
+def test_the_grpc_port_opens_once_the_start_up_models_are_loaded(two_models: Path) -> None:
+    (port,) = free_ports(1)
+    starting = Starting(two_models, port)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        wait_until(lambda: "first" in starting.server.repository)  # loading, held at the gate
+        # Closed, not open-and-answering NOT_FOUND: no client reaches a server that does not
+        # know its model yet; a gRPC client sees UNAVAILABLE (no connection) and goes elsewhere.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(infer_request("first", X), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        # The HTTP port is open for probes: alive, not ready. Its inference says UNAVAILABLE
+        # for the model loading and for the one waiting its turn, never NOT_FOUND.
+        assert starting.http("/v2/health/live")[0] == 200
+        assert starting.http("/v2/health/ready")[0] == 503
+        body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 1]}]}
+        status, text = starting.http("/v2/models/first/infer", body)
+        assert status == 503 and "1 LOADING" in text, text
+        status, text = starting.http("/v2/models/second/infer", body)
+        assert status == 503 and "'second' is waiting to load" in text, text
+        assert starting.http("/v2/models/third/infer", body)[0] == 404  # unknown stays unknown
+
+        starting.loaded.set()
+        starting.starting.result(60)
+        # (wait_for_ready: the channel retries its connection after a backoff)
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30, wait_for_ready=True).ready
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == SERVING
+        for name, value in (("first", 1.0), ("second", 2.0)):
+            response = stub.ModelInfer(infer_request(name, X), timeout=10)
+            assert output_arrays(response)["y"].tolist() == [[value]]
+        assert starting.http("/v2/health/ready")[0] == 200
+    finally:
+        channel.close()
+        starting.close()
+
+
+@pytest.fixture
+def running(repository: Path) -> Iterator[RunningServer]:
+    server = RunningServer(repository)
+    yield server
+    server.close()
+
+
+def serve(repository: Path, port: int) -> int:
+    """`plexserve serve` in-process on `port`; its exit status (it must stop at start)."""
+    argv = ["serve", f"--repo={repository}", "--host=127.0.0.1", f"--grpc-port={port}"]
+    return main([*argv, "--http-port=0"])
+
+
+def test_a_second_server_on_a_busy_grpc_port_stops_at_start(
+    repository: Path, running: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = running.server.grpc_port
+    assert serve(repository, port) == 2
+    error = capsys.readouterr().err
+    assert f"--grpc-port {port}: 127.0.0.1:{port} is already in use" in error
+    # the first server was not disturbed: it takes every connection
+    assert running.stub.ModelInfer(infer_request("m", X)).model_version == "1"
+
+
+def test_a_port_shared_with_so_reuseport_is_busy_too(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """grpcio's own default (SO_REUSEPORT) would let two servers share the port silently."""
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert serve(repository, port) == 2
+    assert "is already in use" in capsys.readouterr().err
+
+
+def test_a_port_taken_while_the_models_load_stops_the_start(two_models: Path) -> None:
+    (port,) = free_ports(1)
+    starting = Starting(two_models, port)
+    try:
+        wait_until(lambda: "first" in starting.server.repository)
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            other.bind(("127.0.0.1", port))
+            other.listen()
+            starting.loaded.set()
+            with pytest.raises(SettingsError, match="is already in use"):
+                starting.starting.result(60)
+    finally:
+        starting.close()
