@@ -58,7 +58,7 @@ from service.rest.app import HttpSettings, RestServer
 from service.runner import configure_tensorflow, freeze_startup_objects
 from service.settings import ServerConfig, SettingsError
 from service.threads import name_thread
-from service.tls import TlsFiles, server_credentials
+from service.tls import CertificateReloader, TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._published: set[str] = set()
+        self.certificates: CertificateReloader | None = None  # TLS: reloads renewed files
         self._serving = False  # the gRPC port is open: the start-up models are settled
         self._stopping = False
         self.grpc_port = 0
@@ -158,7 +159,9 @@ class Server:
     async def start(self) -> None:
         """HTTP first (live, not ready), then the start-up models, then the gRPC port."""
         settings = self.settings
-        credentials = server_credentials(settings.tls) if settings.tls else None
+        credentials = None
+        if settings.tls is not None:
+            credentials, self.certificates = server_credentials(settings.tls)
         check_port_free(settings.host, settings.grpc_port, "--grpc-port")  # before the long part
         loop = asyncio.get_running_loop()
         loop.set_default_executor(
