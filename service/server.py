@@ -11,11 +11,14 @@ port open, as TF Serving and Triton do: a gRPC client never reaches a server tha
 its model yet. A busy gRPC port stops the server before anything loads (SO_REUSEPORT is off, so
 a second server cannot take half of the connections silently).
 
-Shutdown (`Server.stop`), in order: health and readiness go NOT_SERVING and the data plane
-refuses new inference requests (UNAVAILABLE "shutting down") while the gRPC port stays open, so
-clients hear why; the requests already accepted (queued in a batcher or running) get the grace
-period to be answered; then the gRPC server stops, cancelling whatever still runs (its clients see
-UNAVAILABLE "Cancelling all calls"); then HTTP stops and the models unload.
+Shutdown (`Server.stop`), in three steps:
+1. lame duck: health and readiness (gRPC health, OIP ServerReady, /v2/health/ready) go
+   NOT_SERVING at once, and new requests are still answered for `lame_duck` seconds, so that
+   endpoint controllers and health-checking clients move away first;
+2. GOAWAY: the gRPC server stops listening and tells every client to send new calls elsewhere;
+   the HTTP port answers new POSTs 503 and closes its connections; every request already
+   accepted gets the grace period to be answered (then UNAVAILABLE "Cancelling all calls");
+3. HTTP stops, the models unload, and `serve` returns (exit status 0).
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class ServerSettings:
     grpc_port: int = 8500
     max_message_bytes: int = 64 * 1024 * 1024
     grace_period: float = 25.0
+    # After SIGTERM, seconds new requests are still answered while health says NOT_SERVING.
+    lame_duck: float = 5.0
     # Connections older than this are closed gracefully (GOAWAY), so clients that balance
     # round-robin over a headless Service reconnect and find pods added since. 0: never.
     max_connection_age: float = 300.0
@@ -297,33 +302,76 @@ class Server:
             ready = self.repository.model_ready(name)
             await self._health.set(name, SERVING if ready else NOT_SERVING)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING and new requests refused at once; the accepted ones get `grace`
-        seconds (default: the grace period) to be answered, then whatever runs is cancelled."""
-        grace = self.settings.grace_period if grace is None else grace
-        started = time.monotonic()
+    async def stop(self, grace: float | None = None, lame_duck: float | None = None) -> None:
+        """Shut down (the module docstring's three steps): NOT_SERVING at once while new
+        requests are still answered for `lame_duck` seconds; then GOAWAY, and the requests
+        already accepted get `grace` seconds to be answered; then unload. Both default to the
+        server's settings; 0 skips a step's wait."""
+        settings = self.settings
+        grace = settings.grace_period if grace is None else grace
+        lame_duck = settings.lame_duck if lame_duck is None else lame_duck
+        if self._stopping:
+            return
         self._stopping = True
-        self.dataplane.refuse_new_requests()
+        began = time.monotonic()
         await self._health.enter_graceful_shutdown()
         for task in self._background:
             task.cancel()
+        serving = self._serving
+        if serving and lame_duck > 0:
+            log.info(
+                "shutdown: NOT_SERVING; new requests are still answered for %g s (lame duck)",
+                lame_duck,
+            )
+            await asyncio.sleep(lame_duck)
+        started = time.monotonic()
+        self.http.refuse_new_requests()
         if self.dataplane.inflight:
             log.info(
                 "shutdown: %d requests queued or running, waiting up to %.1f s for them",
                 self.dataplane.inflight,
                 grace,
             )
-        left = await self.dataplane.drain(grace)
+        if self._grpc is not None and serving:
+            log.info("shutdown: GOAWAY: gRPC clients send their new calls elsewhere")
+            left = await self._drain_grpc(self._grpc, grace, started)
+        else:
+            left = await self.dataplane.drain(grace)
         if left:
             log.warning(
-                "shutdown: the grace period (%.1f s) is over, cancelling %d requests", grace, left
+                "shutdown: the grace period (%.1f s) is over: %d requests end UNAVAILABLE",
+                grace,
+                left,
             )
-        if self._grpc is not None:
-            remaining = grace - (time.monotonic() - started)
-            await self._grpc.stop(min(max(remaining, 0.0), FLUSH_SECONDS))
+        self.dataplane.refuse_new_requests()  # (nothing may reach a model that unloads)
         await self.http.stop()
         await self.repository.close()
-        log.info("shutdown: done in %.1f s", time.monotonic() - started)
+        log.info("shutdown: done in %.1f s", time.monotonic() - began)
+
+    async def _drain_grpc(self, server: grpc.aio.Server, grace: float, started: float) -> int:
+        """GOAWAY now; wait until the accepted requests are answered or `grace` is over; end the
+        calls that never end by themselves. Returns how many requests the grace period cut."""
+
+        def remaining() -> float:
+            return max(0.0, grace - (time.monotonic() - started))
+
+        # grpc.aio's stop: the listener closes, every connection gets GOAWAY, the calls already
+        # accepted go on; those still running when `grace` is over are cancelled (their
+        # clients see UNAVAILABLE "Cancelling all calls").
+        stopped = asyncio.ensure_future(server.stop(grace))
+        left = await self.dataplane.drain(remaining())
+        while not left and not stopped.done():
+            # Every accepted request is answered. What is left are calls that never end by
+            # themselves (health Watch, an idle ModelStreamInfer): a short flush for the last
+            # responses to go out and for a request the loop has not reached yet to begin.
+            await asyncio.wait({stopped}, timeout=min(FLUSH_SECONDS, remaining()))
+            if stopped.done() or not self.dataplane.inflight:
+                break
+            left = await self.dataplane.drain(remaining())
+        if not stopped.done():
+            await server.stop(0)
+        await stopped
+        return left
 
 
 def port_in_use(host: str, port: int, flag: str) -> SettingsError:
@@ -385,7 +433,12 @@ async def serve(settings: ServerSettings) -> None:
             # Not SystemExit: asyncio.run would then wait for the tasks and the TensorFlow
             # threads it cancels, which is what the second signal is meant to skip.
             os._exit(128 + signum)
-        log.info("%s: shutting down (grace period %g s)", name, settings.grace_period)
+        log.info(
+            "%s: shutting down (lame duck %g s, then grace period %g s)",
+            name,
+            settings.lame_duck,
+            settings.grace_period,
+        )
         stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -398,7 +451,7 @@ async def serve(settings: ServerSettings) -> None:
             starting.result()  # a bad TLS file, a port in use: the error ends `serve`
         except BaseException:
             signalled.cancel()
-            await server.stop(grace=0)
+            await server.stop(grace=0, lame_duck=0)
             raise
         await signalled
     else:

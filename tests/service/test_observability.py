@@ -217,7 +217,7 @@ def test_health_goes_not_ready_serving_not_serving_over_grpc_and_http(tmp_path: 
         model_watch = health.Watch(health_pb2.HealthCheckRequest(service="m"))
         assert next(model_watch).status == SERVING
 
-        stopping = asyncio.run_coroutine_threadsafe(server.stop(grace=1), loop)
+        stopping = asyncio.run_coroutine_threadsafe(server.stop(grace=1, lame_duck=0), loop)
         assert next(watch).status == NOT_SERVING
         assert next(model_watch).status == NOT_SERVING
         stopping.result(30)

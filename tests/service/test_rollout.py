@@ -85,7 +85,7 @@ class Starting:
             self.starting.result(60)
         except Exception:  # noqa: BLE001 - a test about a failed start already checked it
             pass
-        self.run(self.server.stop(grace=0))
+        self.run(self.server.stop(grace=0, lame_duck=0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
