@@ -28,7 +28,7 @@ from service.repository import load_runner
 from service.server import Server, ServerSettings
 from service.settings import SettingsError
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays, wait_until
-from tests.rolling import free_ports
+from tests.rolling import RollingRestart, free_ports, this_checkout_command
 
 X = {"x": np.ones((1, 2), np.float32)}
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -39,6 +39,35 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("rollout")
     export_model(constant_model(1.0), root, "m")
     return root
+
+
+def test_a_rolling_restart_fails_no_request_of_health_checking_round_robin_clients(
+    repository: Path, tmp_path: Path
+) -> None:
+    """Three replicas, two restarted in turn under load; one round_robin channel over all
+    three for each client set-up: round_robin alone, and with gRPC health checking (and a
+    retry policy for UNAVAILABLE: docs/rollouts.md)."""
+    rolling = RollingRestart(
+        this_checkout_command(),
+        repository,
+        "m",
+        flags=["--lame-duck=1", "--grace-period=10", "--tf-intra-op-threads=1"],
+        clients=2,
+        setups=("plain", "health"),
+        warmup=0.5,
+    )
+    outcomes = rolling.run(tmp_path)
+    health, plain = outcomes["health"], outcomes["plain"]
+    # Health checking: the clients leave each replica at the start of its lame duck.
+    assert health.failures == [], health.summary()
+    # round_robin alone leaves at GOAWAY: nothing is refused and nothing is NOT_FOUND. A call
+    # it sent in the instant before reading the GOAWAY reaches a gRPC server that has begun to
+    # stop, which gRPC core ends CANCELLED (no server can answer it): at most the one call each
+    # closed-loop client has in flight, per restart.
+    assert set(plain.failures) <= {"CANCELLED: CANCELLED"}, plain.summary()
+    assert len(plain.failures) <= rolling.clients * rolling.restarts, plain.summary()
+    assert health.answered > 100 and plain.answered > 100
+    assert rolling.exit_codes == [0] * 5  # two restarted, then all three stopped
 
 
 class Starting:
