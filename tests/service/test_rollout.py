@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -28,10 +31,12 @@ from service.repository import load_runner
 from service.server import Server, ServerSettings
 from service.settings import SettingsError
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays, wait_until
-from tests.rolling import RollingRestart, free_ports, this_checkout_command
+from tests.rolling import SETUPS, RollingRestart, free_ports, this_checkout_command
 
 X = {"x": np.ones((1, 2), np.float32)}
 SERVING = health_pb2.HealthCheckResponse.SERVING
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "rollouts.md"
+K8S_TARGET = "dns:///plexserve-grpc.plexserve.svc.cluster.local:8500"
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +223,40 @@ def test_a_port_taken_while_the_models_load_stops_the_start(two_models: Path) ->
                 starting.starting.result(60)
     finally:
         starting.close()
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), re.DOTALL)
+
+
+def test_the_documented_client_set_up_is_the_one_the_rolling_restart_proves() -> None:
+    (service_config,) = code_blocks("json")
+    assert json.loads(service_config) == SETUPS["health"]
+
+
+def test_the_documented_grpcio_and_tritonclient_examples_run(running: RunningServer) -> None:
+    grpcio, tritonclient = code_blocks("python")[:2]
+    target = f"ipv4:{running.address}"
+    assert K8S_TARGET in grpcio and K8S_TARGET in tritonclient
+    namespace: dict[str, object] = {}
+    exec(grpcio.replace(K8S_TARGET, target), namespace)  # the page's own example, as it is
+    channel = namespace["channel"]
+    assert isinstance(channel, grpc.Channel)
+    with channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30, wait_for_ready=True).ready
+        response = stub.ModelInfer(infer_request("m", X), timeout=30)
+        assert output_arrays(response)["y"].tolist() == [[1.0]]
+    # tritonclient in a process of its own (its protobuf modules clash with ours)
+    script = (
+        grpcio.split("channel = ")[0]  # SERVICE_CONFIG
+        + tritonclient.replace(K8S_TARGET, target)
+        + "import numpy as np\n"
+        "x = triton.InferInput('x', [1, 2], 'FP32')\n"
+        "x.set_data_from_numpy(np.ones((1, 2), np.float32))\n"
+        "print(client.is_server_ready(), client.infer('m', [x]).as_numpy('y').tolist())\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert finished.stdout.split(maxsplit=1) == ["True", "[[1.0]]\n"], finished.stderr
