@@ -194,6 +194,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         host=args.host,
         grpc_port=args.grpc_port,
         grace_period=args.grace_period,
+        lame_duck=args.lame_duck,
         device=args.device,
         intra_op_threads=args.tf_intra_op_threads,
         inter_op_threads=args.tf_inter_op_threads,
@@ -352,6 +353,17 @@ def parser() -> argparse.ArgumentParser:
         "finish (new ones are refused UNAVAILABLE), then exit 0; keep it under the pod's "
         "terminationGracePeriodSeconds minus its preStop. A second signal exits at once "
         "(status 128 + the signal's number: 143 for SIGTERM)",
+    )
+    sub.add_argument(
+        "--lame-duck",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="after SIGTERM or SIGINT: seconds the server still answers new requests while its "
+        "health and readiness say NOT_SERVING, so that Kubernetes and health-checking clients "
+        "move away before it sends GOAWAY and starts the --grace-period (default 5; 0: GOAWAY "
+        "at once); the pod's terminationGracePeriodSeconds must exceed preStop + lame duck + "
+        "grace period",
     )
     sub.add_argument(
         "--model-control",

@@ -5,15 +5,19 @@ else (a build's temporary folder, stray files) is ignored with a debug log line.
 lookup of every front end goes through `resolve`. Or one model in a folder of its own
 (`SingleModel`: KServe's /mnt/models), read where it is.
 
-Lifecycle of a version: LOADING -> WARMING -> AVAILABLE -> UNLOADING -> END, or FAILED(reason).
+Lifecycle of a version: LOADING -> WARMING -> AVAILABLE -> UNLOADING -> END, or FAILED(reason);
+`TRANSITIONS` lists every legal step, and any other is a bug that raises IllegalTransition. A
+version unloaded while it still loads (shutdown during start-up) ends at once, and its load,
+when it returns, closes what it loaded.
 `reconcile(name)` brings one model to what its version policy wants among the versions on disk,
 availability first: new versions load and warm before superseded ones unload, and a version that
 fails to load leaves the versions already serving in place. An unloading version stops taking
 new requests at once ("latest" switches atomically: states change on the event loop) and closes
 only when the requests already running or queued on it have finished (ref-counted in `run`).
 
-Loads, warm-ups and closes run on worker threads, one load at a time, never on the event loop;
-the repository object itself is used from the event loop only. State changes are announced to
+Loads, warm-ups, closes and the scans of the model folders (poll mode's every few seconds
+included) run on worker threads, one load at a time, never on the event loop; the repository
+object itself is used from the event loop only. State changes are announced to
 listeners (health, metrics, logs) synchronously on the loop.
 """
 
@@ -66,6 +70,25 @@ class ModelState(enum.Enum):
     UNLOADING = "UNLOADING"
     END = "END"
     FAILED = "FAILED"
+
+
+# Every legal step of a version's lifecycle. A version starts LOADING (announced once as
+# LOADING -> LOADING); LOADING and WARMING may be cut short by an unload (shutdown during
+# start-up); a FAILED version is unloaded to END when its model is.
+TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    ModelState.LOADING: frozenset(
+        {ModelState.LOADING, ModelState.WARMING, ModelState.FAILED, ModelState.UNLOADING}
+    ),
+    ModelState.WARMING: frozenset({ModelState.AVAILABLE, ModelState.FAILED, ModelState.UNLOADING}),
+    ModelState.AVAILABLE: frozenset({ModelState.UNLOADING}),
+    ModelState.UNLOADING: frozenset({ModelState.END}),
+    ModelState.FAILED: frozenset({ModelState.UNLOADING}),
+    ModelState.END: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A lifecycle step `TRANSITIONS` does not allow: a bug in the repository, never input."""
 
 
 @dataclass(eq=False)
@@ -231,6 +254,9 @@ class ModelRepository:
         self._locks: dict[str, asyncio.Lock] = {}
         self._load_slot: asyncio.Semaphore | None = None
         self._seen: dict[tuple[str, int], Fingerprint] = {}  # poll mode: last fingerprint seen
+        # Start-up: models the server will load and has not reached yet. `resolve` answers
+        # them UNAVAILABLE (retry), not NOT_FOUND (a client's mistake, not retried).
+        self.pending: set[str] = set()
 
     # --- where models are on disk: ROOT/NAME/VERSION, or the one SingleModel ---
 
@@ -301,6 +327,8 @@ class ModelRepository:
             return newest  # every request of most clients: one lookup
         versions = self._models.get(check_model_name(name))
         if not versions:
+            if name in self.pending:
+                raise ModelNotReady(f"model '{name}' is waiting to load: the server is starting")
             raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
         if not version:
             available = [mv for mv in self.versions(name) if mv.state is ModelState.AVAILABLE]
@@ -359,14 +387,20 @@ class ModelRepository:
 
     async def load_all(self) -> None:
         """Reconcile every model on disk (model control `none` and `poll`)."""
-        for name in self._scan():
-            await self.reconcile(name)
+        names = list(await asyncio.to_thread(self._scan))
+        self.pending.update(names)
+        try:
+            for name in names:
+                await self.reconcile(name)
+                self.pending.discard(name)
+        finally:
+            self.pending.difference_update(names)
 
     async def load_model(self, name: str) -> None:
         """Explicit control: load (or reload, picking up new versions) one model."""
         self._model_dir(name)
-        if not self._on_disk(name):
-            models = sorted(self._scan())
+        if not await asyncio.to_thread(self._on_disk, name):
+            models = sorted(await asyncio.to_thread(self._scan))
             raise ModelNotFound(
                 f"no model '{name}' in the repository {self.root}; models: {models}"
             )
@@ -393,7 +427,7 @@ class ModelRepository:
 
     async def poll(self) -> None:
         """One poll: reconcile models on disk, unload models gone from it."""
-        on_disk = self._scan()
+        on_disk = await asyncio.to_thread(self._scan)
         for name in on_disk:
             await self.reconcile(name, settle=True)
         for name in set(self._models) - set(on_disk):
@@ -417,8 +451,8 @@ class ModelRepository:
         poll, so a version being copied in is not loaded half-written.
         """
         async with self._lock(name):
-            found = self._on_disk(name)
-            policy = self.version_policy(name)
+            found = await asyncio.to_thread(self._on_disk, name)
+            policy = await asyncio.to_thread(self.version_policy, name)
             versions = self._models.setdefault(name, {})
             wanted: list[int] = []
             if policy.kind == "latest":
@@ -456,7 +490,7 @@ class ModelRepository:
         if current is not None and current.state is not ModelState.FAILED:
             return current
         path = self._version_path(name, version)
-        print_ = fingerprint(path)
+        print_ = await asyncio.to_thread(fingerprint, path)
         if current is not None and current.fingerprint == print_:
             return current  # FAILED and unchanged: retrying would fail the same way
         if settle and self._seen.get((name, version)) != print_:
@@ -468,10 +502,17 @@ class ModelRepository:
         return mv
 
     def _forget_if_empty(self, name: str) -> None:
+        """A model with no version left is unknown: `resolve` says NOT_FOUND and lists the
+        models that have versions, never a name it then calls unknown."""
         if not self._models.get(name):
             self._models.pop(name, None)
 
     def _set_state(self, mv: ModelVersion, state: ModelState, reason: str = "") -> None:
+        if state not in TRANSITIONS[mv.state]:
+            raise IllegalTransition(
+                f"model {mv.name} version {mv.version}: {mv.state.value} -> {state.value} is "
+                "not a step of the lifecycle"
+            )
         now = time.monotonic()
         took = now - mv.since
         previous, mv.state, mv.reason, mv.since = mv.state, state, reason, now
@@ -516,17 +557,24 @@ class ModelRepository:
         if self._load_slot is None:
             self._load_slot = asyncio.Semaphore(1)
         async with self._load_slot:  # one load at a time: it competes with serving for the CPU
+            if mv.state is not ModelState.LOADING:
+                return  # unloaded while it waited for its turn
             self._set_state(mv, ModelState.LOADING)
             runner = None
             try:
                 runner = await asyncio.to_thread(self._prepare, mv)
-                self._set_state(mv, ModelState.WARMING)
-                await asyncio.to_thread(self._warm_up, mv, runner)
+                if not self._unloaded(mv):
+                    self._set_state(mv, ModelState.WARMING)
+                    await asyncio.to_thread(self._warm_up, mv, runner)
             except Exception as error:  # a load failure marks this version FAILED, nothing else
                 if runner is not None:
                     await asyncio.to_thread(runner.close)
-                self._set_state(mv, ModelState.FAILED, f"{type(error).__name__}: {error}")
+                if not self._unloaded(mv):
+                    self._set_state(mv, ModelState.FAILED, f"{type(error).__name__}: {error}")
                 return
+        if self._unloaded(mv):  # unloaded while it loaded: what it loaded goes too
+            await asyncio.to_thread(runner.close)
+            return
         batching = mv.settings.batching
         if batching.enabled:
             mv.batcher = DynamicBatcher(
@@ -536,6 +584,10 @@ class ModelRepository:
             runner.observer = mv.stats
         mv.runner = runner
         self._set_state(mv, ModelState.AVAILABLE)
+
+    @staticmethod
+    def _unloaded(mv: ModelVersion) -> bool:
+        return mv.state in (ModelState.UNLOADING, ModelState.END)
 
     async def _unload(self, mv: ModelVersion) -> None:
         if mv.state in (ModelState.UNLOADING, ModelState.END):
@@ -549,6 +601,7 @@ class ModelRepository:
         versions = self._models.get(mv.name, {})
         if versions.get(mv.version) is mv:
             del versions[mv.version]
+            self._forget_if_empty(mv.name)
 
     async def close(self) -> None:
         """Unload everything (after the front ends stopped taking requests)."""

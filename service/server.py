@@ -5,22 +5,33 @@ owns start-up, signals and shutdown. Nothing else constructs the world.
 `Server` is created and used inside a running event loop (grpc.aio). Tests run it in-process on
 port 0; `serve` is what `plexserve serve` runs until SIGTERM or SIGINT.
 
-Shutdown (`Server.stop`), in order: health and readiness go NOT_SERVING and the data plane
-refuses new inference requests (UNAVAILABLE "shutting down") while the gRPC port stays open, so
-clients hear why; the requests already accepted (queued in a batcher or running) get the grace
-period to be answered; then the gRPC server stops, cancelling whatever still runs (its clients see
-UNAVAILABLE "Cancelling all calls"); then HTTP stops and the models unload; then the spans
-still queued for export are sent (tracing on: service/otel.py, within a few seconds).
+Start-up (`Server.start`), in order: the HTTP port listens (live; not ready), the models the
+server starts with load and warm up, and only once each is AVAILABLE or FAILED does the gRPC
+port open, as TF Serving and Triton do: a gRPC client never reaches a server that does not know
+its model yet. A busy gRPC port stops the server before anything loads (SO_REUSEPORT is off, so
+a second server cannot take half of the connections silently).
+
+Shutdown (`Server.stop`), in three steps:
+1. lame duck: health and readiness (gRPC health, OIP ServerReady, /v2/health/ready) go
+   NOT_SERVING at once, and new requests are still answered for `lame_duck` seconds, so that
+   endpoint controllers and health-checking clients move away first;
+2. GOAWAY: the gRPC server stops listening and tells every client to send new calls elsewhere;
+   the HTTP port answers new POSTs 503 and closes its connections; every request already
+   accepted gets the grace period to be answered (then UNAVAILABLE "Cancelling all calls");
+3. HTTP stops, the models unload, the spans still queued for export are sent (tracing on:
+   service/otel.py, within a few seconds), and `serve` returns (exit status 0).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -49,9 +60,9 @@ from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from service.repository import ModelRepository, ModelState, ModelVersion, SingleModel
 from service.rest.app import HttpSettings, RestServer
 from service.runner import configure_tensorflow, freeze_startup_objects
-from service.settings import ServerConfig
+from service.settings import ServerConfig, SettingsError
 from service.threads import name_thread
-from service.tls import TlsFiles, server_credentials
+from service.tls import CertificateReloader, TlsFiles, server_credentials
 from service.tracing import TracingSettings, start_tracing
 
 log = logging.getLogger(__name__)
@@ -73,6 +84,8 @@ class ServerSettings:
     grpc_port: int = 8500
     max_message_bytes: int = 64 * 1024 * 1024
     grace_period: float = 25.0
+    # After SIGTERM, seconds new requests are still answered while health says NOT_SERVING.
+    lame_duck: float = 5.0
     # Connections older than this are closed gracefully (GOAWAY), so clients that balance
     # round-robin over a headless Service reconnect and find pods added since. 0: never.
     max_connection_age: float = 300.0
@@ -137,6 +150,8 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._published: set[str] = set()
+        self.certificates: CertificateReloader | None = None  # TLS: reloads renewed files
+        self._serving = False  # the gRPC port is open: the start-up models are settled
         self._stopping = False
         self.grpc_port = 0
         self.repository.listeners.append(self._on_state_change)
@@ -145,12 +160,22 @@ class Server:
         return not self._stopping
 
     def ready(self) -> bool:
-        """Ready to take traffic: not shutting down, and the models that should serve do."""
-        return not self._stopping and self.repository.ready(self.settings.ready_when == "any")
+        """Ready to take traffic: the one rule of every front end (gRPC health "", OIP
+        ServerReady, /v2/health/ready). The gRPC port is open, the server is not shutting down,
+        and the models that should serve do (--ready-when: all of them, or any)."""
+        return (
+            self._serving
+            and not self._stopping
+            and self.repository.ready(self.settings.ready_when == "any")
+        )
 
     async def start(self) -> None:
-        """Listen first (health answers NOT_SERVING while models load), then load every model."""
-        credentials = server_credentials(self.settings.tls) if self.settings.tls else None
+        """HTTP first (live, not ready), then the start-up models, then the gRPC port."""
+        settings = self.settings
+        credentials = None
+        if settings.tls is not None:
+            credentials, self.certificates = server_credentials(settings.tls)
+        check_port_free(settings.host, settings.grpc_port, "--grpc-port")  # before the long part
         loop = asyncio.get_running_loop()
         loop.set_default_executor(
             ThreadPoolExecutor(
@@ -158,18 +183,44 @@ class Server:
                 initializer=name_thread,
                 initargs=("plexserve-io",),
             )
-        )  # loads, warm-ups, closes
+        )  # loads, warm-ups, closes, repository scans
         self._spawn(self._watch_loop())
         gpus = configure_tensorflow(
-            self.settings.intra_op_threads, self.settings.inter_op_threads, self.settings.device
+            settings.intra_op_threads, settings.inter_op_threads, settings.device
         )
         log.info("TensorFlow devices: %s", ", ".join(gpus) or "CPU only")
 
         log.info("froze %d start-up objects out of the garbage collector", freeze_startup_objects())
+        self._grpc = self._grpc_server()
+        await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
+        if settings.http_port is not None:
+            try:
+                await self.http.start(settings.host, settings.http_port)
+            except OSError as error:
+                raise SettingsError(
+                    f"--http-port {settings.http_port}: cannot listen on "
+                    f"{settings.host}:{settings.http_port}: {error.strerror or error}"
+                ) from None
+        if settings.single_model is not None:
+            log.info("serving %s", settings.single_model.describe())
+        await self._load_models()
+        security = self._listen(self._grpc, credentials)
+        self._serving = True
+        await self._publish_health()
+        await self._grpc.start()
+        # (after gRPC started its own threads, which would take the name over)
+        name_thread("plexserve-loop")
+        log.info("gRPC listening on %s:%d (%s)", settings.host, self.grpc_port, security)
+
+    def _grpc_server(self) -> grpc.aio.Server:
+        """The gRPC server with every service on it; not listening yet."""
         limit = self.settings.max_message_bytes
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # grpcio shares ports by default: a second server on a busy port would bind
+            # silently and take half of the new connections. Off, binding a busy port fails.
+            ("grpc.so_reuseport", 0),
         ]
         if self.settings.max_connection_age:
             age_ms = int(self.settings.max_connection_age * 1000)
@@ -177,17 +228,17 @@ class Server:
                 ("grpc.max_connection_age_ms", age_ms),
                 ("grpc.max_connection_age_grace_ms", int(self.settings.grace_period * 1000)),
             ]
-        self._grpc = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, server_version()), self._grpc
+            InferenceServicer(self.dataplane, server_version(), self.ready), server
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.dataplane), self._grpc
+            PredictionServicer(self.dataplane), server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.dataplane), self._grpc
+            ModelServicer(self.dataplane), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [
                 grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
@@ -196,37 +247,36 @@ class Server:
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
-            self._grpc,
+            server,
         )
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
-        if credentials is None:
-            self.grpc_port = self._grpc.add_insecure_port(address)
-            security = "plaintext"
-        else:
-            self.grpc_port = self._grpc.add_secure_port(address, credentials)
-            mutual = self.settings.tls is not None and self.settings.tls.client_ca is not None
-            security = "TLS, client certificates required" if mutual else "TLS"
-        await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
-        await self._grpc.start()
-        # (after gRPC started its own threads, which would take the name over)
-        name_thread("plexserve-loop")
-        log.info("gRPC listening on %s:%d (%s)", self.settings.host, self.grpc_port, security)
-        if self.settings.http_port is not None:
-            await self.http.start(self.settings.host, self.settings.http_port)
-        if self.settings.single_model is not None:
-            log.info("serving %s", self.settings.single_model.describe())
-        await self._load_models()
-        await self._publish_health()
+        return server
+
+    def _listen(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> str:
+        """Bind the gRPC port (clients can connect from here on); what it is secured with."""
+        settings = self.settings
+        address = f"{settings.host}:{settings.grpc_port}"
+        try:
+            if credentials is None:
+                self.grpc_port = server.add_insecure_port(address)
+                return "plaintext"
+            self.grpc_port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpcio: "Failed to bind to address ..."
+            raise port_in_use(settings.host, settings.grpc_port, "--grpc-port") from None
+        mutual = settings.tls is not None and settings.tls.client_ca is not None
+        return "TLS, client certificates required" if mutual else "TLS"
 
     async def _load_models(self) -> None:
         settings = self.settings
         if settings.model_control == "explicit":
             self.repository.requested = set()
+            self.repository.pending.update(settings.load_models)
             for name in settings.load_models:
                 try:
                     await self.repository.load_model(name)
                 except ServingError as error:  # the server still starts; readiness says no
                     log.error("--load-model %s: %s", name, error.message)
+                finally:
+                    self.repository.pending.discard(name)
             return
         await self.repository.load_all()
         if settings.model_control == "poll":
@@ -260,35 +310,108 @@ class Server:
             ready = self.repository.model_ready(name)
             await self._health.set(name, SERVING if ready else NOT_SERVING)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING and new requests refused at once; the accepted ones get `grace`
-        seconds (default: the grace period) to be answered, then whatever runs is cancelled."""
-        grace = self.settings.grace_period if grace is None else grace
-        started = time.monotonic()
+    async def stop(self, grace: float | None = None, lame_duck: float | None = None) -> None:
+        """Shut down (the module docstring's three steps): NOT_SERVING at once while new
+        requests are still answered for `lame_duck` seconds; then GOAWAY, and the requests
+        already accepted get `grace` seconds to be answered; then unload. Both default to the
+        server's settings; 0 skips a step's wait."""
+        settings = self.settings
+        grace = settings.grace_period if grace is None else grace
+        lame_duck = settings.lame_duck if lame_duck is None else lame_duck
+        if self._stopping:
+            return
         self._stopping = True
-        self.dataplane.refuse_new_requests()
+        began = time.monotonic()
         await self._health.enter_graceful_shutdown()
         for task in self._background:
             task.cancel()
+        serving = self._serving
+        if serving and lame_duck > 0:
+            log.info(
+                "shutdown: NOT_SERVING; new requests are still answered for %g s (lame duck)",
+                lame_duck,
+            )
+            await asyncio.sleep(lame_duck)
+        started = time.monotonic()
+        self.http.refuse_new_requests()
         if self.dataplane.inflight:
             log.info(
                 "shutdown: %d requests queued or running, waiting up to %.1f s for them",
                 self.dataplane.inflight,
                 grace,
             )
-        left = await self.dataplane.drain(grace)
+        if self._grpc is not None and serving:
+            log.info("shutdown: GOAWAY: gRPC clients send their new calls elsewhere")
+            left = await self._drain_grpc(self._grpc, grace, started)
+        else:
+            left = await self.dataplane.drain(grace)
         if left:
             log.warning(
-                "shutdown: the grace period (%.1f s) is over, cancelling %d requests", grace, left
+                "shutdown: the grace period (%.1f s) is over: %d requests end UNAVAILABLE",
+                grace,
+                left,
             )
-        if self._grpc is not None:
-            remaining = grace - (time.monotonic() - started)
-            await self._grpc.stop(min(max(remaining, 0.0), FLUSH_SECONDS))
+        self.dataplane.refuse_new_requests()  # (nothing may reach a model that unloads)
         await self.http.stop()
         await self.repository.close()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)
-        log.info("shutdown: done in %.1f s", time.monotonic() - started)
+        log.info("shutdown: done in %.1f s", time.monotonic() - began)
+
+    async def _drain_grpc(self, server: grpc.aio.Server, grace: float, started: float) -> int:
+        """GOAWAY now; wait until the accepted requests are answered or `grace` is over; end the
+        calls that never end by themselves. Returns how many requests the grace period cut."""
+
+        def remaining() -> float:
+            return max(0.0, grace - (time.monotonic() - started))
+
+        # grpc.aio's stop: the listener closes, every connection gets GOAWAY, the calls already
+        # accepted go on; those still running when `grace` is over are cancelled (their
+        # clients see UNAVAILABLE "Cancelling all calls").
+        stopped = asyncio.ensure_future(server.stop(grace))
+        left = await self.dataplane.drain(remaining())
+        while not left and not stopped.done():
+            # Every accepted request is answered. What is left are calls that never end by
+            # themselves (health Watch, an idle ModelStreamInfer): a short flush for the last
+            # responses to go out and for a request the loop has not reached yet to begin.
+            await asyncio.wait({stopped}, timeout=min(FLUSH_SECONDS, remaining()))
+            if stopped.done() or not self.dataplane.inflight:
+                break
+            left = await self.dataplane.drain(remaining())
+        if not stopped.done():
+            await server.stop(0)
+        await stopped
+        return left
+
+
+def port_in_use(host: str, port: int, flag: str) -> SettingsError:
+    return SettingsError(
+        f"{flag} {port}: {host}:{port} is already in use (another server listens on it, or "
+        "one still shutting down): choose another port, or stop that server first"
+    )
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Raise `port_in_use` when `host:port` cannot be bound now (port 0: any port; always free).
+    SO_REUSEADDR, as gRPC binds, so a port whose last connections are in TIME_WAIT is free."""
+    if port == 0:
+        return
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise SettingsError(f"--host {host}: cannot resolve it: {error.strerror}") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise port_in_use(host, port, flag) from None
+            raise SettingsError(
+                f"{flag} {port}: cannot listen on {host}:{port}: {error.strerror}"
+            ) from None
 
 
 def raise_open_file_limit() -> None:
@@ -320,7 +443,12 @@ async def serve(settings: ServerSettings) -> None:
             # Not SystemExit: asyncio.run would then wait for the tasks and the TensorFlow
             # threads it cancels, which is what the second signal is meant to skip.
             os._exit(128 + signum)
-        log.info("%s: shutting down (grace period %g s)", name, settings.grace_period)
+        log.info(
+            "%s: shutting down (lame duck %g s, then grace period %g s)",
+            name,
+            settings.lame_duck,
+            settings.grace_period,
+        )
         stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -333,7 +461,7 @@ async def serve(settings: ServerSettings) -> None:
             starting.result()  # a bad TLS file, a port in use: the error ends `serve`
         except BaseException:
             signalled.cancel()
-            await server.stop(grace=0)
+            await server.stop(grace=0, lame_duck=0)
             raise
         await signalled
     else:

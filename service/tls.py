@@ -4,19 +4,29 @@ TLS, `--tls-client-ca`.
 Called by the composition root (service/server.py) before anything listens. The files are read
 and checked here, with Python's own `ssl` module, because gRPC reports a bad file only at the
 first handshake, as a refused connection: a key that does not match its certificate, or a file
-that is not PEM, stops the server at start with a SettingsError naming the file. Files are read
-once: a renewed certificate takes effect at the next start.
+that is not PEM, stops the server at start with a SettingsError naming the file.
+
+Renewed certificates are taken without a restart (cert-manager, a Kubernetes Secret updated in
+place): before each new connection's handshake, gRPC asks `CertificateReloader` (from one of its
+own threads), which looks at the files' inode, size and modification time, and reads and checks
+them again when they changed. Connections already open keep the certificate they began with. A
+changed set that cannot be used (a key not yet matching its new certificate, half-written files)
+is logged and the previous certificate stays until the files change again.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from service.settings import SettingsError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,8 +58,8 @@ def _read(flag: str, path: Path) -> bytes:
     return data
 
 
-def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
-    """gRPC server credentials; with `client_ca`, clients must present a certificate it signed."""
+def certificate_configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
+    """The files, read and checked (SettingsError naming the file when they cannot serve)."""
     cert = _read("--tls-cert", files.cert)
     key = _read("--tls-key", files.key)
     if b"ENCRYPTED" in key:
@@ -80,6 +90,71 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
                 f"--tls-client-ca {files.client_ca}: no usable CA certificate in it "
                 f"({error.reason or error})"
             ) from None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
+
+
+Fingerprint = tuple[tuple[int, int, int] | None, ...]
+
+
+class CertificateReloader:
+    """gRPC's certificate-configuration fetcher: called before every TLS handshake, from gRPC's
+    threads; returns the files' new configuration when they changed since the last load, else
+    None (no change). Cheap when nothing changed: one stat() per file."""
+
+    def __init__(self, files: TlsFiles) -> None:
+        self.files = files
+        self._paths = [p for p in (files.cert, files.key, files.client_ca) if p is not None]
+        self._lock = threading.Lock()
+        self._loaded = self._fingerprint()
+        self.initial = certificate_configuration(files)  # raises: the server does not start
+        self._refused: Fingerprint | None = None  # a changed set that could not be used
+        self.reloads = 0
+
+    def _fingerprint(self) -> Fingerprint:
+        prints: list[tuple[int, int, int] | None] = []
+        for path in self._paths:
+            try:
+                stat = path.stat()  # (follows symlinks: a Kubernetes Secret's ..data swap)
+            except OSError:
+                prints.append(None)
+            else:
+                prints.append((stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        return tuple(prints)
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            current = self._fingerprint()
+            if current in (self._loaded, self._refused):
+                return None
+            with self._lock:  # (handshakes run on several threads)
+                if current in (self._loaded, self._refused):
+                    return None
+                try:
+                    configuration = certificate_configuration(self.files)
+                except SettingsError as error:
+                    self._refused = current
+                    log.error(
+                        "TLS: the certificate files changed but cannot be used, the previous "
+                        "certificate stays: %s",
+                        error,
+                    )
+                    return None
+                self._loaded, self._refused = current, None
+                self.reloads += 1
+            log.info("TLS: certificate reloaded from %s", self.files.cert)
+            return configuration
+        except Exception:  # never fail a handshake over a reload: keep what serves
+            log.exception("TLS: checking the certificate files failed")
+            return None
+
+
+def server_credentials(files: TlsFiles) -> tuple[grpc.ServerCredentials, CertificateReloader]:
+    """gRPC server credentials that follow the files; with `client_ca`, clients must present a
+    certificate it signed. Raises SettingsError when the files cannot serve now."""
+    reloader = CertificateReloader(files)
+    credentials = grpc.dynamic_ssl_server_credentials(
+        reloader.initial,
+        reloader,
+        require_client_authentication=files.client_ca is not None,
     )
+    return credentials, reloader

@@ -77,7 +77,7 @@ class RunningServer:
 
     def close(self) -> None:
         self.channel.close()
-        self.run(self.server.stop(grace=0))
+        self.run(self.server.stop(grace=0, lame_duck=0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

@@ -46,12 +46,18 @@ def request_id(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, server_version: str) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        server_version: str,
+        ready: Callable[[], bool],
+    ) -> None:
         self._dataplane = dataplane
         self._repository = dataplane.repository
         self._server_version = server_version
         self._tracing = dataplane.tracing
         self._observed = dataplane.tracing is not None or dataplane.access_log_sample > 0
+        self._ready = ready  # the server's one readiness rule (gRPC health and HTTP use it too)
 
     @grpc_errors
     async def ServerLive(
@@ -63,8 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
-        # not ready once shutdown begins, like grpc.health.v1 and /v2/health/ready
-        return pb.ServerReadyResponse(ready=self._dataplane.accepting and self._repository.ready())
+        return pb.ServerReadyResponse(ready=self._ready())
 
     @grpc_errors
     async def ModelReady(

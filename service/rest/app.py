@@ -126,6 +126,7 @@ class RestServer:
         self._server_version = server_version
         self.settings = settings or HttpSettings()
         self.max_connections = self.settings.max_connections or default_max_connections()
+        self.accepting = True  # False from the end of the lame duck on (shutdown)
         self.open_connections = 0
         self.refused_connections = 0
         self._refused_since_log = 0
@@ -137,7 +138,7 @@ class RestServer:
     def application(self) -> web.Application:
         settings = self.settings
         app = web.Application(
-            middlewares=[error_middleware(lambda: self._dataplane.accepting)],
+            middlewares=[error_middleware(lambda: self.accepting)],
             client_max_size=settings.max_body_bytes,
         )
         app.router.add_get("/metrics", self.metrics)
@@ -210,6 +211,12 @@ class RestServer:
                 self._refused_since_log,
             )
             self._refusal_logged, self._refused_since_log = now, 0
+
+    def refuse_new_requests(self) -> None:
+        """Shutdown, after the lame duck: new POSTs (inference, model control) are answered 503,
+        and every connection is closed after its current answer; health and /metrics still
+        answer until `stop`."""
+        self.accepting = False
 
     async def stop(self) -> None:
         """Stop listening, then close the connections (a request still running gets a second

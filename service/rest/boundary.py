@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from service.codecs.oip_json import dumps
-from service.errors import QueueFull, ServingError
+from service.errors import QueueFull, ServingError, ShuttingDown
 from service.tracing import REQUEST_ID, with_request_id
 
 if TYPE_CHECKING:
@@ -117,12 +117,19 @@ def _route_error(error: web.HTTPException, request: web.Request) -> web.Response
 
 
 def error_middleware(accepting: Callable[[], bool]) -> Middleware:
-    """Errors to JSON answers; once the server stops taking requests (`accepting()` false),
-    every answer closes its connection so that clients reconnect to another replica."""
+    """Errors to JSON answers. Once the server stops taking requests (`accepting()` false), a
+    POST (inference, model control) is answered 503 without being read, the rest (health,
+    metadata, metrics) as before, and every answer closes its connection so that clients
+    reconnect to another replica."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if request.method == "POST" and not accepting():
+                raise ShuttingDown(
+                    "the server is shutting down and takes no new requests: send them to "
+                    "another replica"
+                )
             response = await handler(request)
         except ServingError as error:
             response = error_response(

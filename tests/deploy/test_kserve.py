@@ -150,6 +150,19 @@ def test_runtime_args_are_flags_the_server_takes_on_kserves_ports_and_mount() ->
     assert "ports" not in container  # one port per InferenceService: the examples choose it
 
 
+# A ServingRuntime cannot set the pod's terminationGracePeriodSeconds: Kubernetes' default holds.
+KUBERNETES_DEFAULT_TERMINATION_GRACE = 30
+
+
+def test_runtime_shutdown_ends_before_the_default_termination_grace() -> None:
+    from service.cli import parser
+
+    parsed = parser().parse_args(runtime_container()["args"])
+    assert parsed.lame_duck >= 5  # long enough for endpoint changes to reach the routers
+    # (+1 s: the server's last flush of the streams that never end by themselves)
+    assert parsed.lame_duck + parsed.grace_period + 1 < KUBERNETES_DEFAULT_TERMINATION_GRACE
+
+
 def test_runtime_runs_restricted_as_the_images_user() -> None:
     from tests.deploy.test_k8s import dockerfile_user
 

@@ -1,7 +1,10 @@
-"""Repository loading: the newest version serves, and a broken model fails alone."""
+"""Repository loading: the newest version serves, a broken model fails alone, the lifecycle
+takes only its own steps, and a model being unloaded is never called unknown by name."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +13,17 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.errors import ModelNotFound
 from service.export import export_model
 from service.proto import grpc_service_pb2 as pb
+from service.repository import (
+    IllegalTransition,
+    ModelRepository,
+    ModelState,
+    ModelVersion,
+    load_runner,
+)
+from service.runner import SignatureRunner
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 
 
@@ -129,3 +141,81 @@ def test_version_labels_resolve_to_their_version(tmp_path: Path) -> None:
             repository.resolve_label("labelled", "beta")
     finally:
         running.close()
+
+
+def test_the_lifecycle_takes_only_its_own_steps(tmp_path: Path) -> None:
+    repository = ModelRepository(tmp_path)
+    version = ModelVersion("m", 1, tmp_path)
+    for illegal in (ModelState.AVAILABLE, ModelState.END):
+        with pytest.raises(IllegalTransition, match="m version 1: LOADING -> "):
+            repository._set_state(version, illegal)
+    for step in (ModelState.WARMING, ModelState.AVAILABLE, ModelState.UNLOADING):
+        repository._set_state(version, step)
+    with pytest.raises(IllegalTransition, match="UNLOADING -> AVAILABLE"):
+        repository._set_state(version, ModelState.AVAILABLE)
+    repository._set_state(version, ModelState.END)
+    assert version.state is ModelState.END
+
+
+def test_a_version_unloaded_while_it_loads_ends_and_its_load_closes_what_it_loaded(
+    tmp_path: Path,
+) -> None:
+    """Shutdown during start-up: the load returns after the unload, and must not revive it."""
+    export_model(constant_model(1.0), tmp_path, "m")
+    release = threading.Event()
+    closed: list[SignatureRunner] = []
+
+    def gated(path: Path, threads: int) -> SignatureRunner:
+        release.wait(60)
+        runner = load_runner(path, threads)
+        close = runner.close
+        runner.close = lambda: (closed.append(runner), close())[1]  # type: ignore[method-assign]
+        return runner
+
+    async def scenario() -> list[ModelState]:
+        repository = ModelRepository(tmp_path, load_runner=gated)
+        states: list[ModelState] = []
+        repository.listeners.append(lambda mv, previous, took: states.append(mv.state))
+        loading = asyncio.create_task(repository.load_all())
+        while not states:
+            await asyncio.sleep(0.01)
+        await repository.close()
+        release.set()
+        await loading  # no IllegalTransition: the load sees the unload and stops there
+        assert "m" not in repository and len(closed) == 1
+        return states
+
+    assert asyncio.run(scenario()) == [ModelState.LOADING, ModelState.UNLOADING, ModelState.END]
+
+
+def test_a_model_whose_last_version_unloads_is_unknown_without_being_listed(
+    tmp_path: Path,
+) -> None:
+    """The moment its last version ends, a model is gone: never "unknown model 'm'; available
+    models: ['m']" (what a request arriving in that moment was told)."""
+    export_model(constant_model(1.0), tmp_path, "m")
+    export_model(constant_model(1.0), tmp_path, "other")
+
+    async def scenario() -> str:
+        repository = ModelRepository(tmp_path)
+        repository.requested = set()  # explicit model control
+        await repository.load_model("m")
+        await repository.load_model("other")
+        told: list[str] = []
+
+        def ask() -> None:  # a request in the loop step right after the version ended
+            try:
+                repository.resolve("m")
+            except ModelNotFound as error:
+                told.append(error.message)
+
+        def on_change(mv: ModelVersion, previous: ModelState, took: float) -> None:
+            if mv.state is ModelState.END:
+                asyncio.get_running_loop().call_soon(ask)
+
+        repository.listeners.append(on_change)
+        await repository.unload_model("m")
+        await repository.close()
+        return told[0]
+
+    assert asyncio.run(scenario()) == "unknown model 'm'; available models: ['other']"

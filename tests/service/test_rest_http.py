@@ -227,7 +227,7 @@ def test_a_deadline_that_passes_in_the_queue_is_504(server: RunningServer) -> No
 
 def test_shutting_down_answers_503_and_closes_connections(start: Start) -> None:
     server = start()
-    server.server.dataplane.refuse_new_requests()
+    server.server.http.refuse_new_requests()  # shutdown, once the lame duck is over
     reply = rest(server, "/v2/models/m/infer", oip_body())
     assert "shutting down" in error_of(reply, 503)
     assert reply.headers["Connection"] == "close"

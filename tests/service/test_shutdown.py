@@ -1,5 +1,6 @@
 """Graceful shutdown (service/server.py: `serve` and `Server.stop`): real signals sent to a
-`plexserve serve` subprocess, and the end of the grace period in-process.
+`plexserve serve` subprocess (the lame duck, the drain, the exit status), and in-process the
+GOAWAY step and the end of the grace period. Rolling restarts: tests/service/test_rollout.py.
 
 The model is slow on purpose: batching caps executions at 8 rows, so a request of BLOCKER_ROWS
 rows runs as hundreds of executions (a second or more); requests sent after it take turns with
@@ -9,10 +10,12 @@ gauge), never slept for.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +37,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from service.export import export_model
 from service.proto import grpc_service_pb2 as pb
 from service.proto import grpc_service_pb2_grpc as pb_grpc
-from tests.harness import RunningServer, infer_request, output_arrays
+from tests.harness import RunningServer, infer_request, output_arrays, rest
 from tests.service.test_lifecycle import wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -163,11 +166,11 @@ def serve_process(slow_repository: tuple[Path, float]) -> Iterator[Any]:
         process.close()
 
 
-def test_sigterm_answers_the_requests_in_flight_refuses_new_ones_and_exits_0(
+def test_sigterm_serves_through_the_lame_duck_answers_every_accepted_request_and_exits_0(
     serve_process: Any, slow_repository: tuple[Path, float]
 ) -> None:
-    grace = 20.0
-    server: ServeProcess = serve_process(f"--grace-period={grace:g}")
+    grace, lame_duck = 60.0, 5.0  # (a grace long enough for a machine busy with other work)
+    server: ServeProcess = serve_process(f"--grace-period={grace:g}", f"--lame-duck={lame_duck:g}")
     watch = server.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
     assert next(s.status for s in watch if s.status == SERVING) == SERVING
 
@@ -181,49 +184,75 @@ def test_sigterm_answers_the_requests_in_flight_refuses_new_ones_and_exits_0(
 
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
+    # Lame duck: every front end says NOT_SERVING at once...
     assert next(watch).status == NOT_SERVING
     assert server.health.Check(health_pb2.HealthCheckRequest(service="")).status == NOT_SERVING
     assert server.health.Check(health_pb2.HealthCheckRequest(service="slow")).status == NOT_SERVING
-    with pytest.raises(grpc.RpcError) as refused:
-        server.stub.ModelInfer(infer_request("slow", rows(1)), timeout=10)
-    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-    assert "shutting down" in refused.value.details()
     assert not server.stub.ServerReady(pb.ServerReadyRequest()).ready
-    stream = server.stub.ModelStreamInfer(
-        iter([infer_request("slow", rows(1), request_id="late")]), timeout=10
-    )
-    (answer,) = list(stream)  # in a stream, the refusal is that request's error_message
-    assert answer.infer_response.id == "late" and "shutting down" in answer.error_message
-    predict = predict_pb2.PredictRequest(inputs={"x": tf.make_tensor_proto(rows(1)["x"])})
-    predict.model_spec.name = "slow"
-    with pytest.raises(grpc.RpcError) as refused_tfserving:
-        prediction_service_pb2_grpc.PredictionServiceStub(server.channel).Predict(predict)
-    assert refused_tfserving.value.code() is grpc.StatusCode.UNAVAILABLE
-    assert "shutting down" in refused_tfserving.value.details()
-    unavailable = "plexserve_requests_total"
-    assert server.metric(unavailable, model="slow", protocol="v2", code="UNAVAILABLE") == 2
-    assert server.metric(unavailable, model="slow", protocol="tfserving", code="UNAVAILABLE") == 1
-    # the refusals came while the accepted requests were still running
-    assert not any(future.done() for future in accepted)
     ready = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/v2/health/ready")
     with pytest.raises(urllib.error.HTTPError) as not_ready:
         urllib.request.urlopen(ready, timeout=10)
     assert not_ready.value.code == 503
+    # ... and still answers new requests: a client that has not noticed yet loses nothing.
+    late = server.stub.ModelInfer(infer_request("slow", rows(1)), timeout=30)
+    np.testing.assert_allclose(output_arrays(late)["y"], slow_repository[1], rtol=1e-4, atol=1e-6)
+    stream = server.stub.ModelStreamInfer(
+        iter([infer_request("slow", rows(1), request_id="late")]), timeout=30
+    )
+    (answer,) = list(stream)
+    assert answer.infer_response.id == "late" and answer.error_message == ""
+    predict = predict_pb2.PredictRequest(inputs={"x": tf.make_tensor_proto(rows(1)["x"])})
+    predict.model_spec.name = "slow"
+    prediction_service_pb2_grpc.PredictionServiceStub(server.channel).Predict(predict, timeout=30)
+    server.wait_for_line(r"shutdown: NOT_SERVING; new requests are still answered", 1)
 
     expected = slow_repository[1]
     for future in accepted:
         y = output_arrays(future.result())["y"]
         assert y.shape == (share, 1)
         np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-6)  # (batch-size rounding)
-    assert server.process.wait(grace) == 0
-    assert time.monotonic() - signalled < grace
-    waited = server.wait_for_line(r"shutdown: (\d+) requests queued or running", 1)
-    assert int(waited.group(1)) == IN_FLIGHT
+    assert server.process.wait(lame_duck + grace) == 0
+    assert time.monotonic() - signalled < lame_duck + grace
+    server.wait_for_line(r"shutdown: GOAWAY", 1)
     server.wait_for_line(r"shutdown: done", 1)
+    assert not any("Traceback" in line or "is over" in line for line in server.lines)
+
+
+def test_after_the_lame_duck_the_grpc_port_closes_and_rest_posts_are_refused(
+    slow_repository: tuple[Path, float],
+) -> None:
+    """In-process (the same Server.stop the signal calls), the lame duck skipped: GOAWAY at
+    once, and a request accepted before it holds the drain open while the test looks."""
+    server = RunningServer(slow_repository[0])
+    try:
+        blocker = server.stub.ModelInfer.future(
+            infer_request("slow", rows(BLOCKER_ROWS)), timeout=60
+        )
+        wait_until(lambda: server.server.dataplane.inflight == 1)
+        stopping = asyncio.run_coroutine_threadsafe(
+            server.server.stop(grace=60, lame_duck=0), server.loop
+        )
+        wait_until(lambda: not server.server.http.accepting)
+        # gRPC: no new connection (a client with other replicas goes there)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.server.grpc_port), timeout=10).close()
+        # REST: a POST is refused, the connection closed; health and metrics still answer
+        body = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+        refused = rest(server, "/v2/models/slow/infer", body)
+        assert refused.status == 503 and "shutting down" in refused.json()["error"]
+        assert refused.headers["Connection"] == "close"
+        assert rest(server, "/v2/health/ready").status == 503
+        assert rest(server, "/metrics").status == 200
+        assert not stopping.done() and not blocker.done()  # the accepted request still runs
+
+        assert output_arrays(blocker.result(60))["y"].shape == (BLOCKER_ROWS, 1)
+        stopping.result(60)
+    finally:
+        server.close()
 
 
 def test_a_second_signal_during_the_drain_exits_at_once(serve_process: Any) -> None:
-    server: ServeProcess = serve_process("--grace-period=60")
+    server: ServeProcess = serve_process("--grace-period=60", "--lame-duck=1")
     watch = server.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
     assert next(s.status for s in watch if s.status == SERVING) == SERVING
     # About 10 times the first test's blocker: a drain far longer than the bound below.
@@ -260,7 +289,7 @@ def test_requests_still_running_when_the_grace_period_ends_get_unavailable(
         ]
         wait_until(lambda: server.server.dataplane.inflight == 5)
         started = time.monotonic()
-        server.run(server.server.stop(grace=0.5))
+        server.run(server.server.stop(grace=0.5, lame_duck=0))
         assert time.monotonic() - started < 5
         # the short requests ran between the blocker's chunks and were answered in the grace
         # period; the blocker was not, and is answered too: none is left hanging

@@ -205,3 +205,54 @@ def test_bad_tls_files_stop_the_server_at_start_naming_the_file(
     assert "--tls-cert needs --tls-key" in error
     error = serve_error(capsys, repository, "--tls-client-ca", pki.ca)
     assert "--tls-client-ca needs --tls-cert and --tls-key" in error
+
+
+def kubernetes_secret_volume(folder: Path, cert: Path, key: Path) -> TlsFiles:
+    """tls.crt and tls.key as a Secret volume lays them out: links through `..data`, a link to a
+    timestamped folder that an update replaces in one rename."""
+    folder.mkdir()
+    (folder / "tls.crt").symlink_to("..data/tls.crt")
+    (folder / "tls.key").symlink_to("..data/tls.key")
+    update_secret_volume(folder, cert, key)
+    return TlsFiles(folder / "tls.crt", folder / "tls.key")
+
+
+def update_secret_volume(folder: Path, cert: Path, key: Path) -> None:
+    version = folder / f"..{len(list(folder.glob('..2*'))) + 2000}"
+    version.mkdir()
+    shutil.copy(cert, version / "tls.crt")
+    shutil.copy(key, version / "tls.key")
+    (folder / "..data_tmp").symlink_to(version.name)
+    (folder / "..data_tmp").rename(folder / "..data")  # atomic, as the kubelet does it
+
+
+def test_renewed_certificates_are_taken_without_a_restart(
+    tmp_path: Path, repository: Path, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    renewed_ca = make_ca(tmp_path, "renewed-ca")  # another CA: clients tell the two apart
+    renewed = make_leaf(tmp_path, "localhost", renewed_ca, "serverAuth")
+    files = kubernetes_secret_volume(tmp_path / "secret", *pki.server)
+    server = RunningServer(repository, tls=files)
+    try:
+        first = tls_channel(server, pki.ca)
+        assert infer(first) == [[3.0]]
+
+        update_secret_volume(tmp_path / "secret", *renewed)
+        with tls_channel(server, renewed_ca[0]) as channel:  # a new connection: the new one
+            assert infer(channel) == [[3.0]]
+        assert refused(tls_channel(server, pki.ca)) is grpc.StatusCode.UNAVAILABLE
+        assert infer(first) == [[3.0]]  # a connection made before keeps its certificate
+        first.close()
+        assert server.server.certificates is not None
+        assert server.server.certificates.reloads == 1
+
+        # A renewal that cannot serve (a key of another certificate): logged, and the
+        # certificate in use stays until the files change again.
+        update_secret_volume(tmp_path / "secret", renewed[0], pki.client[1])
+        with tls_channel(server, renewed_ca[0]) as channel:
+            assert infer(channel) == [[3.0]]
+        assert server.server.certificates.reloads == 1
+        assert "the certificate files changed but cannot be used" in caplog.text
+        assert "is not the private key of" in caplog.text
+    finally:
+        server.close()
