@@ -378,9 +378,16 @@ class Server:
             if stopped.done() or not self.dataplane.inflight:
                 break
             left = await self.dataplane.drain(remaining())
-        if not stopped.done():
+        if not stopped.done() and not left:
+            # Cut what is left now. grpc.aio's shutdown must not run twice at once (a second
+            # call racing the first can reach the core server after the first destroyed it: a
+            # segfault), so the first is stopped before the second begins.
+            stopped.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopped
             await server.stop(0)
-        await stopped
+        else:
+            await stopped
         return left
 
 
