@@ -22,13 +22,21 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from service.batching import DynamicBatcher
-from service.errors import InvalidInput, LoadFailed, ModelNotFound, ModelNotReady
+from service.errors import (
+    InvalidInput,
+    LoadFailed,
+    ModelNotFound,
+    ModelNotReady,
+    name_list,
+    without_paths,
+)
 from service.runner import SignatureRunner
 from service.settings import (
     BatchingSettings,
@@ -289,7 +297,9 @@ class ModelRepository:
             return newest  # every request of most clients: one lookup
         versions = self._models.get(check_model_name(name))
         if not versions:
-            raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
+            raise ModelNotFound(
+                f"unknown model '{name}'; available models: {name_list(sorted(self._models))}"
+            )
         if not version:
             available = [mv for mv in self.versions(name) if mv.state is ModelState.AVAILABLE]
             if not available:
@@ -302,7 +312,8 @@ class ModelRepository:
         mv = versions.get(int(version)) if version.isdigit() else None
         if mv is None:
             raise ModelNotFound(
-                f"model '{name}' has no version '{version}'; versions: {sorted(versions)}"
+                f"model '{name}' has no version '{version}'; "
+                f"versions: {name_list(sorted(versions))}"
             )
         if mv.state is not ModelState.AVAILABLE:
             raise ModelNotReady(
@@ -315,7 +326,9 @@ class ModelRepository:
         """The version a label (`version_labels` in the model's settings) points at."""
         versions = self.versions(check_model_name(name))
         if not versions:
-            raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
+            raise ModelNotFound(
+                f"unknown model '{name}'; available models: {name_list(sorted(self._models))}"
+            )
         labels = versions[-1].settings.version_labels
         if label not in labels:
             raise ModelNotFound(
@@ -323,6 +336,24 @@ class ModelRepository:
                 f"labels: {dict(sorted(labels.items()))}"
             )
         return self.resolve(name, str(labels[label]))
+
+    def public_text(self, text: str) -> str:
+        """`text` without the server's filesystem paths, for clients: the repository (or the
+        one model's folder) becomes <repository> (<model dir>), the server config file its
+        name, and any other absolute path its last part ("NAME/VERSION/saved_model.pb" in the
+        repository stays readable; where the repository lives does not show)."""
+        places: list[tuple[str, str]] = []
+        if self.single_model is not None:
+            places.append((str(self.single_model.directory), "<model dir>"))
+        places.append((str(self.root), "<repository>"))
+        config = Path(self.config.source)
+        if config.is_absolute():
+            places.append((str(config), config.name))
+        for path, shown in places:
+            for form in {path, str(Path(path).absolute()), str(Path(path).resolve())}:
+                if Path(form).is_absolute() and form != "/":
+                    text = re.sub(re.escape(form) + r"(?![\w-])", shown, text)
+        return without_paths(text)
 
     # --- control (event loop) ---
 
@@ -354,10 +385,8 @@ class ModelRepository:
         """Explicit control: load (or reload, picking up new versions) one model."""
         self._model_dir(name)
         if not self._on_disk(name):
-            models = sorted(self._scan())
-            raise ModelNotFound(
-                f"no model '{name}' in the repository {self.root}; models: {models}"
-            )
+            models = name_list(sorted(self._scan()))
+            raise ModelNotFound(f"no model '{name}' in the repository; models: {models}")
         if self.requested is not None:
             self.requested.add(name)
         await self.reconcile(name)
@@ -374,7 +403,9 @@ class ModelRepository:
         if self.requested is not None:
             self.requested.discard(name)
         if name not in self._models:
-            raise ModelNotFound(f"model '{name}' is not loaded; loaded: {sorted(self._models)}")
+            raise ModelNotFound(
+                f"model '{name}' is not loaded; loaded: {name_list(sorted(self._models))}"
+            )
         async with self._lock(name):
             await asyncio.gather(*(self._unload(mv) for mv in self.versions(name)))
             self._forget_if_empty(name)
@@ -513,7 +544,11 @@ class ModelRepository:
             except Exception as error:  # a load failure marks this version FAILED, nothing else
                 if runner is not None:
                     await asyncio.to_thread(runner.close)
-                self._set_state(mv, ModelState.FAILED, f"{type(error).__name__}: {error}")
+                reason = f"{type(error).__name__}: {error}"
+                public = self.public_text(reason)
+                if public != reason:  # the log keeps where the files are; clients see `public`
+                    log.error("model %s version %d failed to load: %s", mv.name, mv.version, reason)
+                self._set_state(mv, ModelState.FAILED, public)
                 return
         batching = mv.settings.batching
         if batching.enabled:

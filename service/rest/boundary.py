@@ -5,7 +5,9 @@ the Open Inference Protocol's REST API shares), with the status `http_status` gi
 gRPC code mapped once here, plus the few HTTP-only refusals below (body too large, wrong content
 type, a client too slow to send its body) and queue full, which asks the client to slow down
 (429) rather than to go elsewhere. Anything unexpected is logged with its traceback and
-answered 500, naming what failed. Loop-bound (aiohttp handlers and middleware).
+answered 500, naming what failed. Every message is cut to what a client may see
+(service/errors.py `client_message`: no filesystem path, at most 1 KiB). Loop-bound (aiohttp
+handlers and middleware).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from service.codecs.oip_json import dumps
-from service.errors import QueueFull, ServingError
+from service.errors import QueueFull, ServingError, client_message
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return json_response({"error": message}, status)
+    return json_response({"error": client_message(message)}, status)
 
 
 def _route_error(error: web.HTTPException, request: web.Request) -> web.Response:

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from service.codecs import tfserving as messages
 from service.codecs import tfserving_json as codec
 from service.dataplane import DataPlane
-from service.errors import ModelNotFound, ServingError, Unimplemented
+from service.errors import ModelNotFound, ServingError, Unimplemented, name_list
 from service.rest.boundary import JSON, read_body
 from service.runner import SERVING_SIGNATURE
 from service.signature import Tensors
@@ -113,14 +113,15 @@ class TfServingRest:
         versions = self._repository.versions(name)
         if not versions:
             raise ModelNotFound(
-                f"Could not find any versions of model {name}; models: {sorted(self._repository)}"
+                f"Could not find any versions of model {name}; "
+                f"models: {name_list(self._repository)}"
             )
         if version:
             versions = [mv for mv in versions if str(mv.version) == version]
             if not versions:
                 raise ModelNotFound(
                     f"Could not find version {version} of model {name}; "
-                    f"versions: {[mv.version for mv in self._repository.versions(name)]}"
+                    f"versions: {name_list(v.version for v in self._repository.versions(name))}"
                 )
         response = get_model_status_pb2.GetModelStatusResponse(
             model_version_status=[
