@@ -134,6 +134,30 @@ def check_model_name(name: str) -> str:
     return name
 
 
+# Versions are folder names of ASCII digits; int64 (TF Serving's version type) has 19 digits.
+MAX_VERSION_DIGITS = 19
+
+
+def check_version(version: str, field: str = "model_version") -> str:
+    """A version a client named: "" (the newest) or ASCII decimal digits, at most
+    MAX_VERSION_DIGITS of them ("007" is version 7). Anything else is refused naming `field`:
+    str.isdigit() takes "²" (which int() refuses) and "١" (which int() reads as 1), and int()
+    refuses more than 4,300 digits. Returns it."""
+    if version and not (
+        len(version) <= MAX_VERSION_DIGITS and version.isascii() and version.isdigit()
+    ):
+        shown = (
+            repr(version)
+            if len(version) <= 40
+            else f"{version[:20]!r}... ({len(version)} characters)"
+        )
+        raise InvalidInput(
+            f"{field} is {shown}, not a version: a version is a whole number written in ASCII "
+            f"digits 0-9, at most {MAX_VERSION_DIGITS} of them (empty: the newest version)"
+        )
+    return version
+
+
 def scan_model(model_dir: Path) -> list[int]:
     """Sorted integer versions of one model folder that hold a SavedModel."""
     versions = []
@@ -291,10 +315,13 @@ class ModelRepository:
             entries.append(IndexEntry(name, "", "UNAVAILABLE", "not loaded"))
         return entries
 
-    def resolve(self, name: str, version: str = "") -> ModelVersion:
-        """The version that serves (name, version); "" = the newest AVAILABLE version."""
+    def resolve(self, name: str, version: str = "", field: str = "model_version") -> ModelVersion:
+        """The version that serves (name, version); "" = the newest AVAILABLE version. A version
+        that is not one (see `check_version`) is refused naming `field`, the request's field
+        that carried it."""
         if not version and (newest := self._newest.get(name)) is not None:
             return newest  # every request of most clients: one lookup
+        check_version(version, field)
         versions = self._models.get(check_model_name(name))
         if not versions:
             raise ModelNotFound(
@@ -309,7 +336,7 @@ class ModelRepository:
                 )
                 raise ModelNotReady(f"model '{name}' has no available version: {states}")
             return available[-1]
-        mv = versions.get(int(version)) if version.isdigit() else None
+        mv = versions.get(int(version))
         if mv is None:
             raise ModelNotFound(
                 f"model '{name}' has no version '{version}'; "

@@ -18,7 +18,7 @@ from service.errors import ModelControlDisabled, ModelNotFound, ModelNotReady
 from service.grpc.boundary import grpc_errors, status_of
 from service.proto import grpc_service_pb2 as pb
 from service.proto import grpc_service_pb2_grpc as pb_grpc
-from service.repository import ModelState
+from service.repository import ModelState, check_version
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         try:
-            self._repository.resolve(request.name, request.version)
+            self._repository.resolve(request.name, request.version, "version")
         except ModelNotReady:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -68,7 +68,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        model = self._repository.resolve(request.name, request.version)
+        model = self._repository.resolve(request.name, request.version, "version")
         versions = [
             str(mv.version)
             for mv in self._repository.versions(request.name)
@@ -80,7 +80,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        model = self._repository.resolve(request.name, request.version)
+        model = self._repository.resolve(request.name, request.version, "version")
         return codec.model_config(model.name, model.signature, model.settings.batching)
 
     @grpc_errors
@@ -88,8 +88,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         """Every loaded version ("" name: every model; "" version: every version)."""
+        check_version(request.version, "version")
         if request.name:
-            self._repository.resolve(request.name, request.version)  # NOT_FOUND when unknown
+            # NOT_FOUND when unknown
+            self._repository.resolve(request.name, request.version, "version")
             names = [request.name]
         else:
             names = list(self._repository)

@@ -26,7 +26,7 @@ from service.codecs import oip_json as codec
 from service.dataplane import DataPlane
 from service.errors import InvalidInput, ModelControlDisabled, ServingError
 from service.proto import grpc_service_pb2 as pb
-from service.repository import ModelState
+from service.repository import ModelState, check_version
 from service.rest.boundary import JSON, json_response, read_body
 from service.signature import Tensors
 
@@ -206,4 +206,6 @@ class OipRest:
 
 
 def _model_version(request: web.Request) -> tuple[str, str]:
-    return request.match_info.get("name", ""), request.match_info.get("version", "")
+    version = request.match_info.get("version", "")
+    check_version(version, "the version in the path")
+    return request.match_info.get("name", ""), version

@@ -23,12 +23,13 @@ from service.codecs import tfserving as messages
 from service.codecs import tfserving_json as codec
 from service.dataplane import DataPlane
 from service.errors import ModelNotFound, ServingError, Unimplemented, name_list
+from service.repository import check_version
 from service.rest.boundary import JSON, read_body
 from service.runner import SERVING_SIGNATURE
 from service.signature import Tensors
 
 PROTOCOL = "tfserving-rest"
-_MODEL = r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?"
+_MODEL = r"/v1/models/([^/:]+)(?:/versions/([^/:]+)|/labels/([^/:]+))?"
 _PREDICT = re.compile(_MODEL + r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS = re.compile(_MODEL + r"(/metadata)?", re.IGNORECASE)
 _USAGE = (
@@ -132,5 +133,8 @@ class TfServingRest:
 
 
 def _number(version: str | None) -> str:
-    """A version from the path as the repository names it ("007" is version 7)."""
-    return str(int(version)) if version else ""
+    """A version from the path as the repository names it ("007" is version 7); one that is not
+    ASCII digits is refused (400) naming it."""
+    if not version:
+        return ""
+    return str(int(check_version(unquote(version), "the version in the path")))
