@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from service.errors import ServingError, ShuttingDown, SignatureNotFound
+from service.errors import InvalidInput, ServingError, ShuttingDown, SignatureNotFound
 from service.metrics import UNKNOWN_MODEL, Metrics
 from service.repository import ModelRepository, ModelVersion
 from service.runner import SERVING_SIGNATURE
@@ -118,6 +118,12 @@ class DataPlane:
             inputs, requested = decode()
             signature = model.signature
             rows = signature.validate(inputs)
+            if rows > model.settings.max_request_rows:
+                raise InvalidInput(
+                    f"the request has {rows} rows; model '{model.name}' takes at most "
+                    f"{model.settings.max_request_rows} per request (its max_request_rows): "
+                    "send them in several requests"
+                )
             if requested:
                 signature.check_outputs(requested)
             if rows == 0:  # TensorFlow is never called with 0 rows (conv models raise on it)
