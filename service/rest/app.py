@@ -20,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -100,6 +103,19 @@ class _Counted(asyncio.Protocol):
         self._handler.resume_writing()
 
 
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log, but a request that is not well-formed HTTP (a request line or a
+    header over aiohttp's limits, bad syntax: answered 400 by aiohttp) is the client's doing:
+    logged at DEBUG without a traceback. ERROR with a traceback stays for the server's faults."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, HttpProcessingError):
+            self.debug(f"{msg}: %s", *args, error)
+        else:
+            self.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class _Refused(asyncio.Protocol):
     """A connection over the limit: one 503, then closed."""
 
@@ -171,6 +187,7 @@ class RestServer:
             # rather than a reset; a stalled client is dropped after it.
             lingering_time=min(10.0, self.settings.read_timeout),
             shutdown_timeout=1.0,
+            logger=_ServerLog(logging.getLogger("aiohttp.server"), {}),
         )
         await self._runner.setup()
         self._listener = await asyncio.get_running_loop().create_server(
