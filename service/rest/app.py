@@ -12,7 +12,8 @@ A stalled client must not hold the process's file descriptors, so:
   not pause for longer than that (408, connection closed);
 - at most `max_connections` are open at once: a connection beyond is answered 503 and closed
   at once, and the refusals are logged once a minute at most.
-A body larger than the gRPC message limit is refused (413) before it is read.
+A body larger than the gRPC message limit is refused (413) before it is read. A client that
+closes its connection cancels the request it was waiting for.
 """
 
 from __future__ import annotations
@@ -187,6 +188,10 @@ class RestServer:
             # rather than a reset; a stalled client is dropped after it.
             lingering_time=min(10.0, self.settings.read_timeout),
             shutdown_timeout=1.0,
+            # A client that hangs up cancels its request: an inference request still queued
+            # leaves the batcher (what is left of a large one is never computed). Model loads
+            # and unloads are shielded from it (service/rest/oip.py).
+            handler_cancellation=True,
             logger=_ServerLog(logging.getLogger("aiohttp.server"), {}),
         )
         await self._runner.setup()

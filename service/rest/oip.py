@@ -17,6 +17,7 @@ JSON, over the same core, batcher, metrics (protocol "v2-rest") and statistics. 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from aiohttp import web
@@ -158,13 +159,14 @@ class OipRest:
                 "model's files and config.yaml from its repository"
             )
         self._explicit_only()
-        await self._repository.load_model(request.match_info["name"])
+        # A client that hangs up must not cut a load short (the server cancels its handler).
+        await asyncio.shield(self._repository.load_model(request.match_info["name"]))
         return web.Response(content_type=JSON)
 
     async def unload(self, request: web.Request) -> web.Response:
         await self._json_body(request)
         self._explicit_only()
-        await self._repository.unload_model(request.match_info["name"])
+        await asyncio.shield(self._repository.unload_model(request.match_info["name"]))
         return web.Response(content_type=JSON)
 
     async def infer(self, request: web.Request) -> web.Response:
