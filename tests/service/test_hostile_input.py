@@ -591,13 +591,13 @@ def test_a_stream_whose_client_does_not_read_is_bounded_then_cancelled(
             responses = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
                 requests(), timeout=120
             )
-            # The server reads no more requests than its window and the client's receive buffer
-            # hold, then, a second later, cancels the stream.
+            # The server reads no more requests than its window (4) and the client's receive
+            # buffer (a few MiB of responses) hold, then, a second later, cancels the stream.
             wait_until(
                 lambda: any("the stream was cancelled" in r.getMessage() for r in caplog.records)
             )
             answered = stats.success.count - before
-            assert 4 <= answered <= 16, answered
+            assert 4 <= answered <= 24, answered  # of 100 offered
             time.sleep(0.5)
             assert stats.success.count - before == answered  # nothing more was read
             assert own.server.dataplane.inflight == 0
