@@ -202,6 +202,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         http_read_timeout=args.http_read_timeout,
         http_max_connections=args.http_max_connections,
         max_connection_age=args.max_connection_age,
+        max_connection_idle=args.max_connection_idle,
         ready_when=args.ready_when,
         access_log_sample=args.access_log_sample,
         model_control=args.model_control,
@@ -409,6 +410,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close client connections after this long (gracefully), so round-robin clients "
         "find new replicas; 0: never",
+    )
+    sub.add_argument(
+        "--max-connection-idle",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="close a gRPC connection that has had no call open for this long (gracefully: the "
+        "client reconnects on its next call), so idle clients do not hold file descriptors; "
+        "0: never",
     )
     sub.add_argument(
         "--ready-when",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from service.errors import ServingError, ShuttingDown, SignatureNotFound
+from service.errors import InvalidInput, ServingError, ShuttingDown, SignatureNotFound
 from service.metrics import UNKNOWN_MODEL, Metrics
 from service.repository import ModelRepository, ModelVersion
 from service.runner import SERVING_SIGNATURE
@@ -135,6 +135,12 @@ class DataPlane:
             else:
                 inputs, requested, rows = trace.decode(model, decode)
                 signature = model.signature
+            if rows > model.settings.max_request_rows:
+                raise InvalidInput(
+                    f"the request has {rows} rows; model '{model.name}' takes at most "
+                    f"{model.settings.max_request_rows} per request (its max_request_rows): "
+                    "send them in several requests"
+                )
             if requested:
                 signature.check_outputs(requested)
             if rows == 0:  # TensorFlow is never called with 0 rows (conv models raise on it)

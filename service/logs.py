@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -41,7 +42,8 @@ class _Seen:
 
 class RepeatFilter(logging.Filter):
     """Lets a WARNING (or worse) record through at most once per `window` seconds when the same
-    record repeats: same logger, level, message and exception. The first one let through after
+    record repeats: same logger, level and message, and the same exception (type, and the line
+    that raised it, or without a traceback its text). The first one let through after
     the window says how many were held back. Lower levels always pass (access log lines differ
     anyway). Thread-safe enough for logging: a race costs one extra line at worst."""
 
@@ -57,7 +59,16 @@ class RepeatFilter(logging.Filter):
         if record.levelno < logging.WARNING:
             return True
         error = record.exc_info[1] if record.exc_info else None
-        key = (record.name, record.levelno, record.getMessage(), type(error), str(error))
+        # The same fault raised from the same line is one kind, whatever its text says (a bug a
+        # client can trigger would otherwise log a traceback per request, each with its input).
+        where = _raised_at(record.exc_info[2]) if record.exc_info else None
+        key = (
+            record.name,
+            record.levelno,
+            record.getMessage(),
+            type(error),
+            where or str(error),
+        )
         now = self._clock()
         seen = self._seen.get(key)
         if seen is not None and now - seen.logged < self.window:
@@ -73,6 +84,15 @@ class RepeatFilter(logging.Filter):
             )
             record.args = ()
         return True
+
+
+def _raised_at(trace: TracebackType | None) -> tuple[str, int] | None:
+    """(file, line) of the innermost frame of a traceback."""
+    if trace is None:
+        return None
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace.tb_frame.f_code.co_filename, trace.tb_lineno
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:

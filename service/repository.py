@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.batching import DynamicBatcher
-from service.errors import InvalidInput, LoadFailed, ModelNotFound, ModelNotReady
+from service.errors import (
+    InvalidInput,
+    LoadFailed,
+    ModelNotFound,
+    ModelNotReady,
+    name_list,
+    without_paths,
+)
 from service.runner import SignatureRunner
 from service.settings import (
     BatchingSettings,
@@ -157,6 +165,30 @@ def check_model_name(name: str) -> str:
             "name, not empty, without '/', '\\' or a leading '.'"
         )
     return name
+
+
+# Versions are folder names of ASCII digits; int64 (TF Serving's version type) has 19 digits.
+MAX_VERSION_DIGITS = 19
+
+
+def check_version(version: str, field: str = "model_version") -> str:
+    """A version a client named: "" (the newest) or ASCII decimal digits, at most
+    MAX_VERSION_DIGITS of them ("007" is version 7). Anything else is refused naming `field`:
+    str.isdigit() takes "²" (which int() refuses) and "١" (which int() reads as 1), and int()
+    refuses more than 4,300 digits. Returns it."""
+    if version and not (
+        len(version) <= MAX_VERSION_DIGITS and version.isascii() and version.isdigit()
+    ):
+        shown = (
+            repr(version)
+            if len(version) <= 40
+            else f"{version[:20]!r}... ({len(version)} characters)"
+        )
+        raise InvalidInput(
+            f"{field} is {shown}, not a version: a version is a whole number written in ASCII "
+            f"digits 0-9, at most {MAX_VERSION_DIGITS} of them (empty: the newest version)"
+        )
+    return version
 
 
 def scan_model(model_dir: Path) -> list[int]:
@@ -321,15 +353,20 @@ class ModelRepository:
             entries.append(IndexEntry(name, "", "UNAVAILABLE", "not loaded"))
         return entries
 
-    def resolve(self, name: str, version: str = "") -> ModelVersion:
-        """The version that serves (name, version); "" = the newest AVAILABLE version."""
+    def resolve(self, name: str, version: str = "", field: str = "model_version") -> ModelVersion:
+        """The version that serves (name, version); "" = the newest AVAILABLE version. A version
+        that is not one (see `check_version`) is refused naming `field`, the request's field
+        that carried it."""
         if not version and (newest := self._newest.get(name)) is not None:
             return newest  # every request of most clients: one lookup
+        check_version(version, field)
         versions = self._models.get(check_model_name(name))
         if not versions:
             if name in self.pending:
                 raise ModelNotReady(f"model '{name}' is waiting to load: the server is starting")
-            raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
+            raise ModelNotFound(
+                f"unknown model '{name}'; available models: {name_list(sorted(self._models))}"
+            )
         if not version:
             available = [mv for mv in self.versions(name) if mv.state is ModelState.AVAILABLE]
             if not available:
@@ -339,10 +376,11 @@ class ModelRepository:
                 )
                 raise ModelNotReady(f"model '{name}' has no available version: {states}")
             return available[-1]
-        mv = versions.get(int(version)) if version.isdigit() else None
+        mv = versions.get(int(version))
         if mv is None:
             raise ModelNotFound(
-                f"model '{name}' has no version '{version}'; versions: {sorted(versions)}"
+                f"model '{name}' has no version '{version}'; "
+                f"versions: {name_list(sorted(versions))}"
             )
         if mv.state is not ModelState.AVAILABLE:
             raise ModelNotReady(
@@ -355,7 +393,9 @@ class ModelRepository:
         """The version a label (`version_labels` in the model's settings) points at."""
         versions = self.versions(check_model_name(name))
         if not versions:
-            raise ModelNotFound(f"unknown model '{name}'; available models: {sorted(self._models)}")
+            raise ModelNotFound(
+                f"unknown model '{name}'; available models: {name_list(sorted(self._models))}"
+            )
         labels = versions[-1].settings.version_labels
         if label not in labels:
             raise ModelNotFound(
@@ -363,6 +403,24 @@ class ModelRepository:
                 f"labels: {dict(sorted(labels.items()))}"
             )
         return self.resolve(name, str(labels[label]))
+
+    def public_text(self, text: str) -> str:
+        """`text` without the server's filesystem paths, for clients: the repository (or the
+        one model's folder) becomes <repository> (<model dir>), the server config file its
+        name, and any other absolute path its last part ("NAME/VERSION/saved_model.pb" in the
+        repository stays readable; where the repository lives does not show)."""
+        places: list[tuple[str, str]] = []
+        if self.single_model is not None:
+            places.append((str(self.single_model.directory), "<model dir>"))
+        places.append((str(self.root), "<repository>"))
+        config = Path(self.config.source)
+        if config.is_absolute():
+            places.append((str(config), config.name))
+        for path, shown in places:
+            for form in {path, str(Path(path).absolute()), str(Path(path).resolve())}:
+                if Path(form).is_absolute() and form != "/":
+                    text = re.sub(re.escape(form) + r"(?![\w-])", shown, text)
+        return without_paths(text)
 
     # --- control (event loop) ---
 
@@ -400,10 +458,8 @@ class ModelRepository:
         """Explicit control: load (or reload, picking up new versions) one model."""
         self._model_dir(name)
         if not await asyncio.to_thread(self._on_disk, name):
-            models = sorted(await asyncio.to_thread(self._scan))
-            raise ModelNotFound(
-                f"no model '{name}' in the repository {self.root}; models: {models}"
-            )
+            models = name_list(sorted(await asyncio.to_thread(self._scan)))
+            raise ModelNotFound(f"no model '{name}' in the repository; models: {models}")
         if self.requested is not None:
             self.requested.add(name)
         await self.reconcile(name)
@@ -420,7 +476,9 @@ class ModelRepository:
         if self.requested is not None:
             self.requested.discard(name)
         if name not in self._models:
-            raise ModelNotFound(f"model '{name}' is not loaded; loaded: {sorted(self._models)}")
+            raise ModelNotFound(
+                f"model '{name}' is not loaded; loaded: {name_list(sorted(self._models))}"
+            )
         async with self._lock(name):
             await asyncio.gather(*(self._unload(mv) for mv in self.versions(name)))
             self._forget_if_empty(name)
@@ -570,7 +628,13 @@ class ModelRepository:
                 if runner is not None:
                     await asyncio.to_thread(runner.close)
                 if not self._unloaded(mv):
-                    self._set_state(mv, ModelState.FAILED, f"{type(error).__name__}: {error}")
+                    reason = f"{type(error).__name__}: {error}"
+                    public = self.public_text(reason)
+                    if public != reason:  # the log keeps where the files are; clients see `public`
+                        log.error(
+                            "model %s version %d failed to load: %s", mv.name, mv.version, reason
+                        )
+                    self._set_state(mv, ModelState.FAILED, public)
                 return
         if self._unloaded(mv):  # unloaded while it loaded: what it loaded goes too
             await asyncio.to_thread(runner.close)

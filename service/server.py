@@ -53,6 +53,7 @@ from tensorflow_serving.apis import (
 
 from service.dataplane import DataPlane
 from service.errors import ServingError
+from service.grpc.limits import connection_options
 from service.grpc.oip import InferenceServicer
 from service.grpc.tfserving import ModelServicer, PredictionServicer
 from service.metrics import Metrics
@@ -89,6 +90,9 @@ class ServerSettings:
     # Connections older than this are closed gracefully (GOAWAY), so clients that balance
     # round-robin over a headless Service reconnect and find pods added since. 0: never.
     max_connection_age: float = 300.0
+    # A gRPC connection with no call open for this long is closed (GOAWAY), so that idle
+    # clients do not hold file descriptors; they reconnect on their next call. 0: never.
+    max_connection_idle: float = 120.0
     intra_op_threads: int | None = None  # None: all cores but one; 0: TensorFlow's default
     inter_op_threads: int = 1
     device: str = "auto"  # auto | cpu | gpu:N
@@ -221,6 +225,7 @@ class Server:
             # grpcio shares ports by default: a second server on a busy port would bind
             # silently and take half of the new connections. Off, binding a busy port fails.
             ("grpc.so_reuseport", 0),
+            *connection_options(self.settings.max_connection_idle),
         ]
         if self.settings.max_connection_age:
             age_ms = int(self.settings.max_connection_age * 1000)

@@ -1,5 +1,6 @@
-"""Per-model settings (batching, version policy, version labels, warm-up) and the server config
-file, parsed and validated with errors that name the file, the field and the bad value.
+"""Per-model settings (batching, version policy, version labels, warm-up, rows per request) and
+the server config file, parsed and validated with errors that name the file, the field and the
+bad value.
 
 A model's settings are layered, later layers winning field by field:
   1. defaults (derived from the model where it matters: see `derive_batching`)
@@ -74,12 +75,21 @@ class VersionPolicy:
         return ordered[-self.count :]
 
 
+def default_max_request_rows(batching: BatchingSettings) -> int:
+    """Half of what the queue holds, and at least max_batch_size: one request never fills the
+    queue, so the requests behind it still find room and take turns with its batches."""
+    return max(batching.max_batch_size, batching.queue_limit // 2)
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     version_labels: Mapping[str, int] = field(default_factory=dict)
     warmup: bool = True
+    # Rows one request may carry; a larger one is refused (INVALID_ARGUMENT) before it is
+    # queued. Unless set, default_max_request_rows(batching) of the model's own batching.
+    max_request_rows: int = default_max_request_rows(BatchingSettings())
 
 
 def _fail(source: str, path: str, message: str) -> SettingsError:
@@ -108,7 +118,7 @@ def _mapping(source: str, path: str, value: Any, known: Sequence[str]) -> Mappin
 
 
 _BATCHING_FIELDS = [f for f in BatchingSettings.__dataclass_fields__]
-_MODEL_FIELDS = ["batching", "version_policy", "version_labels", "warmup"]
+_MODEL_FIELDS = ["batching", "version_policy", "version_labels", "warmup", "max_request_rows"]
 
 
 def _batching_layer(source: str, value: Any) -> dict[str, Any]:
@@ -178,6 +188,8 @@ def model_layer(source: str, value: Any) -> dict[str, Any]:
         layer["version_labels"] = _labels(source, raw["version_labels"])
     if "warmup" in raw:
         layer["warmup"] = _bool(source, "warmup", raw["warmup"])
+    if "max_request_rows" in raw:
+        layer["max_request_rows"] = _int(source, "max_request_rows", raw["max_request_rows"], 1)
     return layer
 
 
@@ -194,11 +206,14 @@ def merge_layers(
     """Apply checked layers in order over `base` batching defaults; check the result as a whole."""
     settings = ModelSettings(batching=base)
     batching_source = "defaults"
+    rows_source = ""  # where max_request_rows was set; "": nowhere, the default applies
     for source, layer in layers:
         if "batching" in layer:
             settings = replace(settings, batching=replace(settings.batching, **layer["batching"]))
             batching_source = source
-        for key in ("version_policy", "version_labels", "warmup"):
+        if "max_request_rows" in layer:
+            rows_source = source
+        for key in ("version_policy", "version_labels", "warmup", "max_request_rows"):
             if key in layer:
                 settings = replace(settings, **{key: layer[key]})
     batching = settings.batching
@@ -218,6 +233,17 @@ def merge_layers(
             f"model '{model}' ({batching_source}): batching.max_queue_size "
             f"{batching.max_queue_size} is smaller than batching.max_batch_size "
             f"{batching.max_batch_size}"
+        )
+    if not rows_source:
+        return replace(
+            settings, batching=batching, max_request_rows=default_max_request_rows(batching)
+        )
+    if batching.enabled and settings.max_request_rows > batching.queue_limit:
+        raise SettingsError(
+            f"model '{model}' ({rows_source}): max_request_rows {settings.max_request_rows} is "
+            f"more than the model's queue holds ({batching.queue_limit} rows): such a request "
+            "is only taken by an empty queue, and every other request is turned away until it "
+            "is done; raise batching.max_queue_size with it"
         )
     return replace(settings, batching=batching)
 

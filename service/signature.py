@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, name_list
 
 Shape = tuple[int | None, ...]
 _Check = tuple[str, np.dtype, int, "Shape | None", tuple[tuple[int, int], ...], bool]
@@ -129,17 +129,18 @@ class Signature:
         missing, unexpected = sorted(expected - received), sorted(received - expected)
         parts = []
         if missing:
-            parts.append(f"missing inputs {missing}")
+            parts.append(f"missing inputs {name_list(missing)}")
         if unexpected:
-            parts.append(f"unexpected inputs {unexpected}")
-        raise InvalidInput(f"{' and '.join(parts)}; the model takes {sorted(expected)}")
+            parts.append(f"unexpected inputs {name_list(unexpected)}")
+        raise InvalidInput(f"{' and '.join(parts)}; the model takes {name_list(sorted(expected))}")
 
     def check_outputs(self, requested: Sequence[str]) -> None:
         """Refuse output names the model does not have."""
         unknown = [name for name in requested if name not in self.outputs]
         if unknown:
             raise InvalidInput(
-                f"unknown requested outputs {unknown}; the model has outputs {sorted(self.outputs)}"
+                f"unknown requested outputs {name_list(unknown)}; the model has outputs "
+                f"{name_list(sorted(self.outputs))}"
             )
 
 

@@ -145,4 +145,8 @@ def given(request_id: str) -> Callable[[], str]:
 
 def with_request_id(message: str, request_id: str) -> str:
     """The message a client gets, naming the request id it sent (when it sent one)."""
-    return f"{message} (request id {request_id})" if request_id else message
+    if not request_id:
+        return message
+    if len(request_id) > 64:  # a client's id, of any length: messages stay short
+        request_id = request_id[:64] + "..."
+    return f"{message} (request id {request_id})"

@@ -16,12 +16,36 @@ import numpy as np
 from service.errors import InvalidInput
 from service.signature import format_shape
 
+# More dimensions than any served tensor has (numpy itself stops at 64).
+MAX_RANK = 32
+# Elements numpy can lay out even in an empty array: with a 0 among the dimensions, the others
+# must still multiply, times the element size (at most 8 bytes), to what fits in an intp.
+MAX_ELEMENTS = 2**60
+
 
 def element_count(name: str, shape: Sequence[int]) -> int:
-    """The number of elements of a claimed shape; a negative dimension is refused."""
+    """The number of elements of a claimed shape. Refused before anything is allocated: a
+    negative dimension, more than MAX_RANK dimensions, and a shape numpy could not lay out
+    ([0, 2**62] is empty, yet numpy refuses it as "too big")."""
+    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+        _refuse_shape(name, shape)
+    count = math.prod(shape)
+    if count == 0 and shape and math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        _refuse_shape(name, shape)
+    return count
+
+
+def _refuse_shape(name: str, shape: Sequence[int]) -> None:
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(
+            f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_RANK} are taken"
+        )
     if any(d < 0 for d in shape):
         raise InvalidInput(f"input '{name}': shape {format_shape(shape)} has a negative dimension")
-    return math.prod(shape)
+    raise InvalidInput(
+        f"input '{name}': shape {format_shape(shape)} is too large: its dimensions other than "
+        f"0 multiply to more than {MAX_ELEMENTS} elements"
+    )
 
 
 def from_bytes(

@@ -111,7 +111,14 @@ def decode_model_spec(spec: model_pb2.ModelSpec) -> tuple[str, str, str]:
     """(name, version, label) of a ModelSpec; version "" and label "" = the newest version."""
     if not spec.name:
         raise InvalidInput("ModelSpec has no name specified.")
-    version = str(spec.version.value) if spec.HasField("version") else ""
+    version = ""
+    if spec.HasField("version"):
+        if spec.version.value < 0:
+            raise InvalidInput(
+                f"model_spec.version is {spec.version.value}, not a version: versions are "
+                "whole numbers >= 0"
+            )
+        version = str(spec.version.value)
     return spec.name, version, spec.version_label
 
 

@@ -33,7 +33,7 @@ from tensorflow_serving.apis import model_pb2
 from service.codecs.arrays import from_json_numbers, from_json_strings
 from service.codecs.oip_json import dumps, loads
 from service.codecs.tfserving import signature_def_map
-from service.errors import InvalidInput
+from service.errors import InvalidInput, name_list
 from service.signature import Signature, Tensors
 
 INSTANCES, INPUTS = "instances", "inputs"
@@ -105,9 +105,11 @@ def _check_names(names: set[str], signature: Signature, where: str) -> None:
     expected = set(signature.inputs)
     if names != expected:
         missing, unexpected = sorted(expected - names), sorted(names - expected)
-        parts = [f"missing inputs {missing}"] if missing else []
-        parts += [f"unexpected inputs {unexpected}"] if unexpected else []
-        raise InvalidInput(f"{where}: {' and '.join(parts)}; the model takes {sorted(expected)}")
+        parts = [f"missing inputs {name_list(missing)}"] if missing else []
+        parts += [f"unexpected inputs {name_list(unexpected)}"] if unexpected else []
+        raise InvalidInput(
+            f"{where}: {' and '.join(parts)}; the model takes {name_list(sorted(expected))}"
+        )
 
 
 def _single_input(signature: Signature, form: str) -> str:

@@ -2,6 +2,9 @@
 
 `grpc_errors` wraps an async unary servicer method: a ServingError aborts with its own code and
 message; anything else is logged with its traceback and aborts INTERNAL, naming what failed.
+Every message is cut to what a client may see (service/errors.py `client_message`: no
+filesystem path, at most 1 KiB). A client's mistake is not logged here: the access log counts it;
+an ERROR with a traceback is for the server's own faults.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.errors import ServingError
+from service.errors import ServingError, client_message
 from service.tracing import with_request_id
 
 log = logging.getLogger(__name__)
@@ -26,9 +29,9 @@ def status_of(error: BaseException, what: str, request_id: str = "") -> tuple[gr
     """The (code, message) a client sees for `error` raised while doing `what`; the message
     ends with the client's request id when it sent one (service/tracing.py)."""
     if isinstance(error, ServingError):
-        return error.code, with_request_id(error.message, request_id)
+        return error.code, with_request_id(client_message(error.message), request_id)
     log.error("%s failed", with_request_id(what, request_id), exc_info=error)
-    message = f"{what} failed: {type(error).__name__}: {error}"
+    message = client_message(f"{what} failed: {type(error).__name__}: {error}")
     return grpc.StatusCode.INTERNAL, with_request_id(message, request_id)
 
 

@@ -11,6 +11,7 @@ and, for a sampled request, makes its trace (service/otel.py). ModelStreamInfer 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -26,7 +27,7 @@ from service.errors import ModelControlDisabled, ModelNotFound, ModelNotReady
 from service.grpc.boundary import grpc_errors, status_of
 from service.proto import grpc_service_pb2 as pb
 from service.proto import grpc_service_pb2_grpc as pb_grpc
-from service.repository import ModelState
+from service.repository import ModelState, check_version
 from service.tracing import REQUEST_ID, given, metadata_value
 
 if TYPE_CHECKING:
@@ -45,12 +46,22 @@ def request_id(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext)
     return request.id or metadata_value(context.invocation_metadata(), REQUEST_ID)
 
 
+# ModelStreamInfer's flow control: requests read and not yet answered by a written response, per
+# stream; how long a response may wait to be written while that window is full before the stream
+# is cancelled; and how often such cancellations are logged (at INFO: the client's doing).
+STREAM_WINDOW = 64
+STREAM_STALL_SECONDS = 30.0
+STALL_LOG_SECONDS = 60.0
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
         dataplane: DataPlane,
         server_version: str,
         ready: Callable[[], bool],
+        stream_window: int = STREAM_WINDOW,
+        stream_stall_seconds: float = STREAM_STALL_SECONDS,
     ) -> None:
         self._dataplane = dataplane
         self._repository = dataplane.repository
@@ -58,6 +69,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._tracing = dataplane.tracing
         self._observed = dataplane.tracing is not None or dataplane.access_log_sample > 0
         self._ready = ready  # the server's one readiness rule (gRPC health and HTTP use it too)
+        self.stream_window = stream_window
+        self.stream_stall_seconds = stream_stall_seconds
+        self._aborts: set[asyncio.Task[None]] = set()
+        self._stalled_streams = 0
+        self._stall_logged = -STALL_LOG_SECONDS
 
     @grpc_errors
     async def ServerLive(
@@ -76,7 +92,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
         try:
-            self._repository.resolve(request.name, request.version)
+            self._repository.resolve(request.name, request.version, "version")
         except ModelNotReady:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -93,7 +109,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        model = self._repository.resolve(request.name, request.version)
+        model = self._repository.resolve(request.name, request.version, "version")
         versions = [
             str(mv.version)
             for mv in self._repository.versions(request.name)
@@ -105,7 +121,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        model = self._repository.resolve(request.name, request.version)
+        model = self._repository.resolve(request.name, request.version, "version")
         return codec.model_config(model.name, model.signature, model.settings.batching)
 
     @grpc_errors
@@ -113,8 +129,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
         """Every loaded version ("" name: every model; "" version: every version)."""
+        check_version(request.version, "version")
         if request.name:
-            self._repository.resolve(request.name, request.version)  # NOT_FOUND when unknown
+            # NOT_FOUND when unknown
+            self._repository.resolve(request.name, request.version, "version")
             names = [request.name]
         else:
             names = list(self._repository)
@@ -259,8 +277,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently (so they can share a batch); each response is
         written when ready, so order may differ from the requests': clients match on `id`. A failed
-        request answers with `error_message` and the stream goes on, as in Triton."""
+        request answers with `error_message` and the stream goes on, as in Triton.
+
+        Flow control: a request holds one of `stream_window` slots from when it is read until
+        its response is written, and no request is read while none is free; gRPC's own flow
+        control then stops the client from sending more. A client that does not read its
+        responses thus holds at most that many in server memory, and once a response has waited
+        `stream_stall_seconds` to be written while the window is full, the stream is cancelled
+        (RESOURCE_EXHAUSTED) and what it held is dropped."""
+        window = asyncio.Semaphore(self.stream_window)
         responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        writing_since: float | None = None  # set while a response waits to be written
+        stalled = False
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
@@ -277,10 +306,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             await responses.put(response)
 
+        async def take_slot() -> bool:
+            """Wait for a free slot; False when the client stopped reading its responses."""
+            loop = asyncio.get_running_loop()
+            while True:
+                try:
+                    async with asyncio.timeout(self.stream_stall_seconds):
+                        await window.acquire()
+                    return True
+                except TimeoutError:
+                    since = writing_since
+                    if since is not None and loop.time() - since >= self.stream_stall_seconds:
+                        return False
+                    # else: the requests are slow, not the client: keep waiting
+
         async def read() -> None:
-            tasks: set[asyncio.Task[None]] = set()
+            nonlocal stalled
+            requests = aiter(request_iterator)
             try:
-                async for request in request_iterator:
+                while True:
+                    if not await take_slot():
+                        stalled = True
+                        self._stream_cancelled(context, len(tasks) + responses.qsize())
+                        return
+                    request = await anext(requests, None)
+                    if request is None:
+                        break
                     task = asyncio.create_task(answer(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -289,12 +340,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             finally:
                 for task in tasks:
                     task.cancel()
+                if stalled:  # drop the answers the client will not read
+                    while not responses.empty():
+                        responses.get_nowait()
                 await responses.put(None)
 
         reader = asyncio.create_task(read())
+        loop = asyncio.get_running_loop()
         try:
             while (response := await responses.get()) is not None:
-                yield response
+                writing_since = loop.time()
+                yield response  # returns once gRPC has taken the response
+                writing_since = None
+                window.release()
             await reader  # re-raises a failure of the request stream itself
         finally:
             reader.cancel()
+
+    def _stream_cancelled(self, context: grpc.aio.ServicerContext, held: int) -> None:
+        """End a stream whose client does not read: the status is queued behind the responses
+        gRPC already holds for it (the client sees it if it ever reads), and whatever this
+        server still held for the stream is dropped by the caller."""
+        message = (
+            f"ModelStreamInfer: {self.stream_window} responses waited "
+            f"{self.stream_stall_seconds:g} s for the client to read them; the stream was "
+            f"cancelled and its {held} unsent responses and unanswered requests dropped"
+        )
+
+        async def abort() -> None:
+            with contextlib.suppress(Exception):  # AbortError, or the call already ended
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+        task = asyncio.create_task(abort())
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
+        now = time.monotonic()
+        self._stalled_streams += 1
+        if now - self._stall_logged >= STALL_LOG_SECONDS:
+            log.info(
+                "%s (%d such streams since the last such line)", message, self._stalled_streams
+            )
+            self._stall_logged, self._stalled_streams = now, 0

@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (
 
 from service.codecs import tfserving as codec
 from service.dataplane import DataPlane
-from service.errors import InvalidInput, ModelNotFound, Unimplemented
+from service.errors import InvalidInput, ModelNotFound, Unimplemented, name_list
 from service.grpc.boundary import grpc_errors, status_of
 from service.runner import SERVING_SIGNATURE
 from service.tracing import REQUEST_ID, given, metadata_value
@@ -173,14 +173,15 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         versions = self._repository.versions(name)
         if not versions:
             raise ModelNotFound(
-                f"Could not find any versions of model {name}; models: {sorted(self._repository)}"
+                f"Could not find any versions of model {name}; "
+                f"models: {name_list(self._repository)}"
             )
         if version:
             versions = [mv for mv in versions if str(mv.version) == version]
             if not versions:
                 raise ModelNotFound(
                     f"Could not find version {version} of model {name}; "
-                    f"versions: {[mv.version for mv in self._repository.versions(name)]}"
+                    f"versions: {name_list(v.version for v in self._repository.versions(name))}"
                 )
         return get_model_status_pb2.GetModelStatusResponse(
             model_version_status=[

@@ -12,7 +12,8 @@ A stalled client must not hold the process's file descriptors, so:
   not pause for longer than that (408, connection closed);
 - at most `max_connections` are open at once: a connection beyond is answered 503 and closed
   at once, and the refusals are logged once a minute at most.
-A body larger than the gRPC message limit is refused (413) before it is read.
+A body larger than the gRPC message limit is refused (413) before it is read. A client that
+closes its connection cancels the request it was waiting for.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -100,6 +104,19 @@ class _Counted(asyncio.Protocol):
         self._handler.resume_writing()
 
 
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log, but a request that is not well-formed HTTP (a request line or a
+    header over aiohttp's limits, bad syntax: answered 400 by aiohttp) is the client's doing:
+    logged at DEBUG without a traceback. ERROR with a traceback stays for the server's faults."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, HttpProcessingError):
+            self.debug(f"{msg}: %s", *args, error)
+        else:
+            self.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class _Refused(asyncio.Protocol):
     """A connection over the limit: one 503, then closed."""
 
@@ -172,6 +189,11 @@ class RestServer:
             # rather than a reset; a stalled client is dropped after it.
             lingering_time=min(10.0, self.settings.read_timeout),
             shutdown_timeout=1.0,
+            # A client that hangs up cancels its request: an inference request still queued
+            # leaves the batcher (what is left of a large one is never computed). Model loads
+            # and unloads are shielded from it (service/rest/oip.py).
+            handler_cancellation=True,
+            logger=_ServerLog(logging.getLogger("aiohttp.server"), {}),
         )
         await self._runner.setup()
         self._listener = await asyncio.get_running_loop().create_server(

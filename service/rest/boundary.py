@@ -5,10 +5,12 @@ the Open Inference Protocol's REST API shares), with the status `http_status` gi
 gRPC code mapped once here, plus the few HTTP-only refusals below (body too large, wrong content
 type, a client too slow to send its body) and queue full, which asks the client to slow down
 (429) rather than to go elsewhere. Anything unexpected is logged with its traceback and
-answered 500, naming what failed. An error message ends with the client's request id when it
-sent one: the Open Inference Protocol body's `id` (which the infer handler stores in the request
-under OIP_REQUEST_ID) or an X-Request-Id header. `observed` runs an inference handler with its
-request id at hand and, when the request is sampled, traced (service/otel.py).
+answered 500, naming what failed. Every message is cut to what a client may see
+(service/errors.py `client_message`: no filesystem path, at most 1 KiB). An error message ends
+with the client's request id when it sent one: the Open Inference Protocol body's `id` (which
+the infer handler stores in the request under OIP_REQUEST_ID) or an X-Request-Id header.
+`observed` runs an inference handler with its request id at hand and, when the request is
+sampled, traced (service/otel.py).
 Loop-bound (aiohttp handlers and middleware).
 """
 
@@ -26,7 +28,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from service.codecs.oip_json import dumps
-from service.errors import QueueFull, ServingError, ShuttingDown
+from service.errors import QueueFull, ServingError, ShuttingDown, client_message
 from service.tracing import REQUEST_ID, with_request_id
 
 if TYPE_CHECKING:
@@ -100,7 +102,7 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, message: str) -> web.Response:
-    return json_response({"error": message}, status)
+    return json_response({"error": client_message(message)}, status)
 
 
 def _route_error(error: web.HTTPException, request: web.Request) -> web.Response:

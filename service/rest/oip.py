@@ -19,6 +19,7 @@ service/rest/boundary.py). Loop-bound.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -30,7 +31,7 @@ from service.codecs import oip_json as codec
 from service.dataplane import DataPlane
 from service.errors import InvalidInput, ModelControlDisabled, ServingError
 from service.proto import grpc_service_pb2 as pb
-from service.repository import ModelState
+from service.repository import ModelState, check_version
 from service.rest.boundary import JSON, OIP_REQUEST_ID, json_response, observed, read_body
 from service.signature import Tensors
 
@@ -167,13 +168,14 @@ class OipRest:
                 "model's files and config.yaml from its repository"
             )
         self._explicit_only()
-        await self._repository.load_model(request.match_info["name"])
+        # A client that hangs up must not cut a load short (the server cancels its handler).
+        await asyncio.shield(self._repository.load_model(request.match_info["name"]))
         return web.Response(content_type=JSON)
 
     async def unload(self, request: web.Request) -> web.Response:
         await self._json_body(request)
         self._explicit_only()
-        await self._repository.unload_model(request.match_info["name"])
+        await asyncio.shield(self._repository.unload_model(request.match_info["name"]))
         return web.Response(content_type=JSON)
 
     async def observed_infer(self, request: web.Request) -> web.Response:
@@ -246,4 +248,6 @@ class OipRest:
 
 
 def _model_version(request: web.Request) -> tuple[str, str]:
-    return request.match_info.get("name", ""), request.match_info.get("version", "")
+    version = request.match_info.get("version", "")
+    check_version(version, "the version in the path")
+    return request.match_info.get("name", ""), version

@@ -27,7 +27,8 @@ from tensorflow_serving.apis import get_model_status_pb2
 from service.codecs import tfserving as messages
 from service.codecs import tfserving_json as codec
 from service.dataplane import DataPlane
-from service.errors import ModelNotFound, ServingError, Unimplemented
+from service.errors import ModelNotFound, ServingError, Unimplemented, name_list
+from service.repository import check_version
 from service.rest.boundary import JSON, observed, read_body
 from service.runner import SERVING_SIGNATURE
 from service.signature import Tensors
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from service.otel import RequestTrace
 
 PROTOCOL = "tfserving-rest"
-_MODEL = r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?"
+_MODEL = r"/v1/models/([^/:]+)(?:/versions/([^/:]+)|/labels/([^/:]+))?"
 _PREDICT = re.compile(_MODEL + r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS = re.compile(_MODEL + r"(/metadata)?", re.IGNORECASE)
 _USAGE = (
@@ -149,14 +150,15 @@ class TfServingRest:
         versions = self._repository.versions(name)
         if not versions:
             raise ModelNotFound(
-                f"Could not find any versions of model {name}; models: {sorted(self._repository)}"
+                f"Could not find any versions of model {name}; "
+                f"models: {name_list(self._repository)}"
             )
         if version:
             versions = [mv for mv in versions if str(mv.version) == version]
             if not versions:
                 raise ModelNotFound(
                     f"Could not find version {version} of model {name}; "
-                    f"versions: {[mv.version for mv in self._repository.versions(name)]}"
+                    f"versions: {name_list(v.version for v in self._repository.versions(name))}"
                 )
         response = get_model_status_pb2.GetModelStatusResponse(
             model_version_status=[
@@ -167,5 +169,8 @@ class TfServingRest:
 
 
 def _number(version: str | None) -> str:
-    """A version from the path as the repository names it ("007" is version 7)."""
-    return str(int(version)) if version else ""
+    """A version from the path as the repository names it ("007" is version 7); one that is not
+    ASCII digits is refused (400) naming it."""
+    if not version:
+        return ""
+    return str(int(check_version(unquote(version), "the version in the path")))

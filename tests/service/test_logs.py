@@ -49,3 +49,32 @@ def test_the_command_line_logging_rate_limits_repeats() -> None:
     configure_logging("INFO", "text")
     (handler,) = [h for h in logging.getLogger().handlers if h.get_name() == "plexserve"]
     assert any(isinstance(f, RepeatFilter) for f in handler.filters)
+
+
+def raised(text: str) -> ValueError:
+    """A ValueError raised from one line of code, whatever its text."""
+    try:
+        raise ValueError(text)
+    except ValueError as error:
+        return error
+
+
+def test_one_fault_with_a_different_text_each_time_is_one_kind() -> None:
+    """A bug a client can trigger (its input in the exception's text) logs one traceback per
+    window, not one per request."""
+    repeats = RepeatFilter(window=60.0, clock=lambda: 0.0)
+
+    def failed(error: Exception) -> logging.LogRecord:
+        return logging.LogRecord(
+            "service.grpc.boundary",
+            logging.ERROR,
+            __file__,
+            1,
+            "%s failed",
+            ("ModelInfer",),
+            (type(error), error, error.__traceback__),
+        )
+
+    passed = [repeats.filter(failed(raised(f"bad input {i}"))) for i in range(100)]
+    assert passed == [True] + [False] * 99
+    assert repeats.filter(failed(KeyError("another fault")))  # raised elsewhere: let through

@@ -88,6 +88,12 @@ def test_allowed_batch_sizes_set_max_batch_size_and_padding() -> None:
         ("warmup: 3", "warmup: 3 is not true or false"),
         ("batchin: {}", "unknown fields ['batchin']"),
         ("batching: [1, 2", "not valid YAML"),
+        ("max_request_rows: 0", "max_request_rows: 0 is not an integer >= 1"),
+        ("max_request_rows: lots", "max_request_rows: 'lots' is not an integer >= 1"),
+        (
+            "max_request_rows: 5000\nbatching: {max_batch_size: 8}",
+            "max_request_rows 5000 is more than the model's queue holds (256 rows)",
+        ),
     ],
 )
 def test_a_bad_config_yaml_names_the_file_field_and_value(
@@ -114,3 +120,21 @@ def test_version_policies_select_versions() -> None:
     assert VersionPolicy("latest", count=2).select(found) == [5, 7]
     assert VersionPolicy("all").select(found) == found
     assert VersionPolicy("specific", versions=(2, 3, 7)).select(found) == [2, 7]
+
+
+def test_max_request_rows_defaults_to_half_the_queue_and_follows_the_layers(
+    tmp_path: Path,
+) -> None:
+    def rows(text: str = "", **flags: object) -> int:
+        write(tmp_path / "m" / "config.yaml", text)
+        settings = ServerConfig().model_settings("m", tmp_path / "m", BatchingSettings(), flags)
+        return settings.max_request_rows
+
+    assert rows() == 512  # max_batch_size 32: a queue of 1024 rows
+    assert rows("batching: {max_batch_size: 8}") == 128
+    assert rows("batching: {max_batch_size: 64, max_queue_size: 64}") == 64
+    assert rows("max_request_rows: 10") == 10
+    assert rows("max_request_rows: 900\nbatching: {max_queue_size: 1000}") == 900
+    # the command line's layer wins over config.yaml, and with batching off nothing is queued
+    assert rows("max_request_rows: 10", max_request_rows=20) == 20
+    assert rows("max_request_rows: 5000\nbatching: {enabled: false}") == 5000
