@@ -49,7 +49,9 @@ protos: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check service models tests protos bench
 	$(BIN)/ruff format --check service models tests protos bench
-	$(BIN)/mypy service models
+	@rm -rf build/typecheck && mkdir -p build/typecheck/plexserve
+	@ln -s $(CURDIR)/service/* build/typecheck/plexserve/ && ln -s $(CURDIR)/models build/typecheck/plexserve/models
+	MYPYPATH=build/typecheck $(BIN)/mypy -p plexserve
 
 # perf_analyzer lives in its own venv: its tritonclient pins protobuf < 7, which breaks our stubs.
 # The wheel carries the binary; it needs libb64 and the CUDA runtime library (even on CPU).

@@ -46,7 +46,7 @@ def batching_runs(
 
 def draw(results: Path, out: Path, levels: Collection[int] | None = None) -> None:
     sys.path.insert(0, str(ROOT))  # run as a script: the plexserve sources sit beside bench/
-    from service.bench.plot import plot_runs
+    from plexserve.bench.plot import plot_runs
 
     plot_runs(batching_runs(results, levels), out)
 

@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.proto import grpc_service_pb2 as pb  # noqa: E402
-from service.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from service.proto import model_config_pb2 as config_pb  # noqa: E402
+from plexserve.proto import grpc_service_pb2 as pb  # noqa: E402
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
+from plexserve.proto import model_config_pb2 as config_pb  # noqa: E402
 
 MODEL = "echo"
 

@@ -18,13 +18,34 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # The `plexserve` command next to this Python (the project's .venv when run as .venv/bin/python).
 _SCRIPT = Path(sys.executable).parent / "plexserve"
-PLEXSERVE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "service"]
+PLEXSERVE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "plexserve"]
+
+
+def checkout_command(source: Path, scratch: Path) -> tuple[list[str], dict[str, str]]:
+    """How to run the `plexserve` of another checkout, from its own code, without installing
+    it: the command's start and the environment it needs (run it with cwd=`source`).
+
+    A checkout from before the `plexserve` namespace is `python -m service` with the checkout on
+    PYTHONPATH. A later one is installed as `plexserve` (service/ -> plexserve, models/ ->
+    plexserve.models): a tree of links under `scratch` names its folders so, ahead of this
+    environment's own installed plexserve on sys.path."""
+    if '"plexserve" = "service"' not in (source / "pyproject.toml").read_text():
+        return [sys.executable, "-m", "service"], {"PYTHONPATH": str(source)}
+    tree = scratch / "plexserve"
+    tree.mkdir(parents=True, exist_ok=True)
+    for item in (source / "service").iterdir():
+        if not (tree / item.name).exists():
+            (tree / item.name).symlink_to(item)
+    if not (tree / "models").exists():
+        (tree / "models").symlink_to(source / "models")
+    return [sys.executable, "-m", "plexserve"], {"PYTHONPATH": str(scratch)}
 
 
 def lscpu() -> dict[str, str]:
@@ -69,25 +90,47 @@ def build_repository(repo: Path, builders: list[str]) -> None:
     )
 
 
+@dataclass
+class Served:
+    """A `plexserve serve` process that is ready."""
+
+    target: str  # gRPC
+    http_port: int
+    pid: int
+    log: Path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/metrics"
+
+
 @contextmanager
-def serving(repo: Path, log: Path, *server_args: str) -> Iterator[tuple[str, str]]:
-    """`plexserve serve` on free ports, with `server_args`; yields (gRPC target, metrics URL)
-    once it is ready."""
-    from service.proto import grpc_service_pb2 as pb
-    from service.proto import grpc_service_pb2_grpc as pb_grpc
+def serve_process(
+    repo: Path, log: Path, *server_args: str, source: Path | None = None
+) -> Iterator[Served]:
+    """`plexserve serve` on free ports, with `server_args`, once it is ready; this checkout's
+    installed `plexserve`, or with `source` another checkout's code (`checkout_command`)."""
+    import grpc
+
+    from plexserve.proto import grpc_service_pb2 as pb
+    from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
 
     grpc_port, http_port = free_port(), free_port()
-    command = [*PLEXSERVE, "serve", "--repo", str(repo), "--host", "127.0.0.1"]
+    start, env = PLEXSERVE, dict(os.environ)
+    if source is not None:
+        start, extra = checkout_command(source, log.parent / f"{log.stem}-tree")
+        env.update(extra)
+    command = [*start, "serve", "--repo", str(repo), "--host", "127.0.0.1"]
     command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port), *server_args]
     target = f"127.0.0.1:{grpc_port}"
     with log.open("w") as log_file:
-        server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=source
+        )
     try:
-        import grpc
-
         with grpc.insecure_channel(target) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + 300
             while True:
                 if server.poll() is not None:
                     raise SystemExit(f"plexserve serve exited; see {log}")
@@ -97,9 +140,9 @@ def serving(repo: Path, log: Path, *server_args: str) -> Iterator[tuple[str, str
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"plexserve serve not ready after 180 s; see {log}")
+                    raise SystemExit(f"plexserve serve not ready after 300 s; see {log}")
                 time.sleep(0.5)
-        yield target, f"http://127.0.0.1:{http_port}/metrics"
+        yield Served(target, http_port, server.pid, log)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -107,6 +150,13 @@ def serving(repo: Path, log: Path, *server_args: str) -> Iterator[tuple[str, str
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@contextmanager
+def serving(repo: Path, log: Path, *server_args: str) -> Iterator[tuple[str, str]]:
+    """`serve_process` of this checkout; yields (gRPC target, metrics URL)."""
+    with serve_process(repo, log, *server_args) as served:
+        yield served.target, served.metrics_url
 
 
 def bench(output: Path, *args: str) -> dict[str, Any]:

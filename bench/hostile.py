@@ -6,7 +6,7 @@ usage: .venv/bin/python bench/hostile.py [--compare-src DIR] [--requests 5000]
 
 1. builds `mlp`, `text_classifier` and `echo` with `plexserve build`;
 2. for this checkout, and with --compare-src another checkout of plexserve (run as
-   `cd DIR && PYTHONPATH=DIR python -m service serve`, its own code from its own folder), starts
+   its own code from its own folder: bench/harness.py `checkout_command`), starts
    the server with its defaults, its log (stderr, text format) going to a file;
 3. sends each hostile request below once, over gRPC (OIP and TF Serving's API) and REST (both
    APIs), and records the status and the message's length;
@@ -23,14 +23,10 @@ import argparse
 import functools
 import http.client
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,58 +34,13 @@ from urllib.parse import quote
 
 import grpc
 import numpy as np
-from harness import ROOT, build_repository, free_port, machine
+from harness import ROOT, Served, build_repository, machine, serve_process
 
 sys.path.insert(0, str(ROOT))
-from service.proto import grpc_service_pb2 as pb  # noqa: E402
-from service.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
+from plexserve.proto import grpc_service_pb2 as pb  # noqa: E402
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 
 Tensor = pb.ModelInferRequest.InferInputTensor
-
-
-@dataclass
-class Server:
-    grpc_target: str
-    http_port: int
-    log: Path
-
-
-@contextmanager
-def serving(name: str, source: Path, repo: Path, workdir: Path) -> Iterator[Server]:
-    grpc_port, http_port = free_port(), free_port()
-    command = [sys.executable, "-m", "service", "serve", "--repo", str(repo)]
-    command += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port)]
-    command += ["--http-port", str(http_port)]
-    env = {**os.environ, "PYTHONPATH": str(source), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = workdir / f"{name}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=source
-        )
-    target = f"127.0.0.1:{grpc_port}"
-    try:
-        with grpc.insecure_channel(target) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            deadline = time.monotonic() + 300
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"{name}: the server exited; see {log}")
-                try:
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{name}: not ready after 300 s; see {log}")
-                time.sleep(0.5)
-        yield Server(target, http_port, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def infer(model: str, inputs: list[Tensor], raw: list[bytes] | None = None, **kw: Any) -> Any:
@@ -241,13 +192,13 @@ def call_rest(port: int, path: str, body: dict[str, Any] | None) -> tuple[str, i
         connection.close()
 
 
-def measure(server: Server, total: int, share: float) -> tuple[dict[str, tuple[str, int]], str]:
+def measure(server: Served, total: int, share: float) -> tuple[dict[str, tuple[str, int]], str]:
     """Each case once (its status), then `total` requests with `share` of them hostile (their
     contents varying); the log's growth over both, per hostile request."""
     results: dict[str, tuple[str, int]] = {}
     time.sleep(1)
     before = server.log.stat().st_size
-    with grpc.insecure_channel(server.grpc_target) as channel:
+    with grpc.insecure_channel(server.target) as channel:
 
         def sends(variant: int) -> list[Callable[[], tuple[str, int]]]:
             calls: list[Callable[[], tuple[str, int]]] = []
@@ -310,7 +261,7 @@ def main() -> None:
         build_repository(repo, ["mlp", "text_classifier", "echo"])
         for label, source in sources.items():
             print(f"== {label}", flush=True)
-            with serving(label.split()[0], source, repo, workdir) as server:
+            with serve_process(repo, workdir / f"{label.split()[0]}.log", source=source) as server:
                 results[label], summaries[label] = measure(
                     server, args.requests, args.malformed_share
                 )

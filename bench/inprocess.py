@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.bench.inputs import InputData  # noqa: E402
-from service.bench.protocols import InputSpec  # noqa: E402
-from service.bench.stats import latency_figures  # noqa: E402
-from service.runner import SignatureRunner  # noqa: E402 - imports TensorFlow
+from plexserve.bench.inputs import InputData  # noqa: E402
+from plexserve.bench.protocols import InputSpec  # noqa: E402
+from plexserve.bench.stats import latency_figures  # noqa: E402
+from plexserve.runner import SignatureRunner  # noqa: E402 - imports TensorFlow
 
 
 def measure(runner: SignatureRunner, rows: int, duration: float, warmup: float) -> dict:

@@ -6,7 +6,7 @@ usage: .venv/bin/python bench/large_requests.py [--compare-src DIR] [--rows 1000
 
 1. builds `echo` (16 float32 per row: 64 bytes each way) with `plexserve build`;
 2. for this checkout, and with --compare-src another checkout of plexserve (run as
-   `cd DIR && PYTHONPATH=DIR python -m service serve`, its own code from its own folder), starts
+   its own code from its own folder: bench/harness.py `checkout_command`), starts
    the server (with --max-connection-age 0, so that no request is cut by its connection's age)
    in each scenario:
    - raised: the queue raised to 2,200,000 rows (--max-queue-size), and here max_request_rows to
@@ -25,7 +25,6 @@ usage: .venv/bin/python bench/large_requests.py [--compare-src DIR] [--rows 1000
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -33,19 +32,17 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import numpy as np
-from harness import ROOT, build_repository, free_port, machine
+from harness import ROOT, build_repository, machine, serve_process
 
 sys.path.insert(0, str(ROOT))
-from service.proto import grpc_service_pb2 as pb  # noqa: E402
-from service.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
+from plexserve.proto import grpc_service_pb2 as pb  # noqa: E402
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 
 WIDTH = 16  # echo's default: 64 bytes per row
 IN_FLIGHT_ROWS = 1_040_000  # 63.5 MiB of input: the largest round size under 64 MiB
@@ -74,46 +71,6 @@ class Server:
             Path(f"/proc/{self.pid}/clear_refs").write_text("5")
         except OSError:
             pass
-
-
-@contextmanager
-def serving(
-    name: str, source: Path, repo: Path, workdir: Path, args: list[str]
-) -> Iterator[Server]:
-    grpc_port, http_port = free_port(), free_port()
-    command = [sys.executable, "-m", "service", "serve", "--repo", str(repo)]
-    command += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port)]
-    command += ["--http-port", str(http_port), *args]
-    env = {**os.environ, "PYTHONPATH": str(source), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = workdir / f"{name}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=source
-        )
-    target = f"127.0.0.1:{grpc_port}"
-    try:
-        with grpc.insecure_channel(target) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            deadline = time.monotonic() + 300
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"{name}: the server exited; see {log}")
-                try:
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{name}: not ready after 300 s; see {log}")
-                time.sleep(0.5)
-        yield Server(name, target, process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def echo_request(rows: int) -> pb.ModelInferRequest:
@@ -289,7 +246,10 @@ def main() -> None:
                     if source == ROOT:
                         flags += ["--config", str(config)]
                 print(f"== {scenario}: {label}", flush=True)
-                with serving(label.split()[0], source, repo, workdir, flags) as server:
+                with serve_process(
+                    repo, workdir / f"{label.split()[0]}.log", *flags, source=source
+                ) as served:
+                    server = Server(label.split()[0], served.target, served.pid)
                     idle = server.rss_mib()
                     if scenario == "raised":
                         lines += [

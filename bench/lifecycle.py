@@ -27,8 +27,8 @@ import grpc
 from harness import ROOT, bench, build_repository, machine, serving
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
 
 
 def resident_mib(metrics_url: str) -> float:

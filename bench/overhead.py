@@ -8,7 +8,7 @@ usage: .venv/bin/python bench/overhead.py [--rounds 2] [--concurrency 32] [--int
    `multi_task` and `multi_task_unbatched` (batching off) with `plexserve build`;
 2. starts bench/floor_server.py (grpc.aio + the generated stubs + numpy identity: the least a
    Python OIP server can spend) and `plexserve serve` with its defaults; with --compare-src, also
-   `python -m service serve` from another checkout of plexserve (for example the commit before a
+   `plexserve serve` from another checkout of plexserve (for example the commit before a
    change), same models, same flags;
 3. runs perf_analyzer (`-i grpc --input-data zero -p INTERVAL -s 50`) on every case, the servers
    alternating case by case for --rounds rounds, so each ratio compares runs minutes apart;
@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import PLEXSERVE, ROOT, build_repository, free_port, machine, thread_cpu
+from harness import (
+    PLEXSERVE,
+    ROOT,
+    build_repository,
+    checkout_command,
+    free_port,
+    machine,
+    thread_cpu,
+)
 
 PERF_VENV = ROOT / ".perf-venv"
 FLOOR = Path(__file__).resolve().parent / "floor_server.py"
@@ -68,8 +76,8 @@ def perf_analyzer() -> tuple[list[str], dict[str, str]]:
 def wait_ready(target: str, process: subprocess.Popen[bytes], log: Path) -> None:
     import grpc
 
-    from service.proto import grpc_service_pb2 as pb
-    from service.proto import grpc_service_pb2_grpc as pb_grpc
+    from plexserve.proto import grpc_service_pb2 as pb
+    from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -177,8 +185,8 @@ def main() -> None:
             "plexserve": ([*PLEXSERVE, *serve], dict(os.environ)),
         }
         if args.compare_src:
-            env = {**os.environ, "PYTHONPATH": str(args.compare_src.resolve())}
-            commands["compare"] = ([sys.executable, "-m", "service", *serve], env)
+            start, extra = checkout_command(args.compare_src.resolve(), Path(scratch) / "tree")
+            commands["compare"] = ([*start, *serve], {**os.environ, **extra})
         cases = [("floor", "echo", c), ("plexserve", "echo", c)]
         models = [("vision_tabular", c), ("vision_tabular", 1)]
         for model, level in models:
@@ -190,8 +198,7 @@ def main() -> None:
 
         results: dict[tuple[str, str, int], list[Result]] = {case: [] for case in cases}
         with ExitStack() as stack:
-            # `python -m` puts the working directory first on sys.path: the other checkout's
-            # server runs from there, so that its own `service` package is the one imported
+            # the other checkout's server runs from its own folder, on its own code
             places = {"compare": args.compare_src.resolve() if args.compare_src else None}
             servers = {
                 kind: stack.enter_context(

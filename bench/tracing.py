@@ -5,7 +5,8 @@ usage: .venv/bin/python bench/tracing.py --compare-src DIR [--rounds 2] [--concu
 
 Three servers over the same repository, their perf_analyzer runs alternated case by case for
 --rounds rounds (these machines drift: only ratios of neighbouring runs mean anything):
-  before  `python -m service serve` from DIR, a checkout of the commit before tracing, e.g.
+  before  `plexserve serve` from DIR, a checkout of the commit before tracing, on its own code
+          (bench/harness.py `checkout_command`), e.g.
           `mkdir /tmp/before && git archive 9a04d60 | tar -x -C /tmp/before`
   off     this checkout, tracing off (the default)
   on      this checkout, `--otel-endpoint` to an OTLP/gRPC receiver in this process that counts
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import threading
 from concurrent import futures
@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from harness import PLEXSERVE, build_repository, machine
+from harness import PLEXSERVE, build_repository, checkout_command, machine
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from overhead import Result, fmt, group_threads, measure, started
 
@@ -88,9 +88,9 @@ def main() -> None:
         build_repository(repo, [MODEL])
         serve = ["serve", "--repo", str(repo), "--host", "127.0.0.1", "--grpc-port", "{port}"]
         serve += ["--http-port", "0"]
-        before_env = {"PYTHONPATH": str(args.compare_src.resolve())}
+        start, before_env = checkout_command(args.compare_src.resolve(), Path(scratch) / "tree")
         commands = {
-            "before": ([sys.executable, "-m", "service", *serve], before_env),
+            "before": ([*start, *serve], before_env),
             "off": ([*PLEXSERVE, *serve], {}),
             "on": ([*PLEXSERVE, *serve, "--otel-endpoint", f"http://127.0.0.1:{otlp_port}"], {}),
         }

@@ -8,7 +8,7 @@ named Inputs and dict outputs.
 """
 
 # The builder modules are imported for their registration side effect.
-from models import (  # noqa: F401
+from plexserve.models import (  # noqa: F401
     echo,
     inception,
     mlp,
@@ -20,7 +20,7 @@ from models import (  # noqa: F401
     text_classifier,
     vision_tabular,
 )
-from models.registry import (
+from plexserve.models.registry import (
     Builder,
     BuilderError,
     BuilderParameter,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from models.registry import register_builder
+from plexserve.models.registry import register_builder
 
 
 @register_builder("multi_output")

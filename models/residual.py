@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from models.registry import register_builder
+from plexserve.models.registry import register_builder
 
 
 def residual_block(x: keras.KerasTensor, filters: int, prefix: str) -> keras.KerasTensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from models.registry import register_builder
+from plexserve.models.registry import register_builder
 
 
 @register_builder("shared_encoder")

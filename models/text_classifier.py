@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from models.registry import register_builder
+from plexserve.models.registry import register_builder
 
 DEFAULT_VOCABULARY: tuple[str, ...] = (
     "the", "a", "and", "is", "it", "this", "not", "very", "good", "great",

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import keras
 
-from models.inception import inception_block
-from models.registry import register_builder
-from models.residual import residual_block
+from plexserve.models.inception import inception_block
+from plexserve.models.registry import register_builder
+from plexserve.models.residual import residual_block
 
 
 @register_builder("vision_tabular")

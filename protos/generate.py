@@ -3,7 +3,7 @@
 Run by `make protos`; tests/test_protos.py runs it into a temporary folder and fails when the
 committed stubs differ (stale stubs). grpc_tools emits top-level imports between the generated
 modules (`import model_config_pb2`); they are rewritten as package-relative imports so that the
-stubs live inside the `service.proto` package.
+stubs live inside the `plexserve.proto` package (service/proto/ in the repository).
 """
 
 from __future__ import annotations

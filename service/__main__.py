@@ -1,7 +1,7 @@
-"""`python -m service` is `plexserve`."""
+"""`python -m plexserve` is `plexserve`."""
 
 import sys
 
-from service.cli import main
+from plexserve.cli import main
 
 sys.exit(main())

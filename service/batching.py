@@ -49,13 +49,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from service.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded, QueueFull
-from service.settings import BatchingSettings
-from service.signature import Signature, Tensors
-from service.stats import ExecutionObserver, ExecutionStats
+from plexserve.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded, QueueFull
+from plexserve.settings import BatchingSettings
+from plexserve.signature import Signature, Tensors
+from plexserve.stats import ExecutionObserver, ExecutionStats
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace, Tracing
+    from plexserve.otel import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The `plexserve` command line (also `python -m service`): parses flags and calls the rest.
+"""The `plexserve` command line (also `python -m plexserve`): parses flags and calls the rest.
 
 Subcommands: builders, build, inspect, serve, infer, bench. `main(argv)` returns the exit status,
 so tests call it in-process (one TensorFlow import for the whole suite). `infer` and `bench` never
@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.logs import configure_logging
+from plexserve.logs import configure_logging
 
 if TYPE_CHECKING:  # the serving modules import TensorFlow: `bench` must not load them
-    from service.repository import SingleModel
-    from service.server import ServerSettings
+    from plexserve.repository import SingleModel
+    from plexserve.server import ServerSettings
 
 DEFAULT_REPOSITORY = "model_repository"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -93,7 +93,7 @@ def _repository_default() -> Path:
 
 def _registry(modules: Sequence[str]):  # type: ignore[no-untyped-def]
     """The builder registry with built-ins, entry-point builders and --builders-module modules."""
-    from models import default_registry
+    from plexserve.models import default_registry
 
     default_registry.load_entry_points()
     for module in modules:
@@ -116,8 +116,8 @@ def cmd_builders(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from service.export import export_model
-    from service.signature import format_signature
+    from plexserve.export import export_model
+    from plexserve.signature import format_signature
 
     if len(args.builder) > 1 and (args.name or args.version is not None or args.set):
         raise SystemExit("--name, --version and --set apply to one builder: give one BUILDER")
@@ -133,8 +133,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from service.export import load_signature
-    from service.signature import format_signature
+    from plexserve.export import load_signature
+    from plexserve.signature import format_signature
 
     print(f"{args.path} signature serving_default:")
     print(format_signature(load_signature(args.path)))
@@ -143,8 +143,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def single_model(args: argparse.Namespace) -> SingleModel | None:
     """`--model-name NAME --model-dir DIR`: the one model to serve (KServe), or None."""
-    from service.repository import SingleModel, check_model_name
-    from service.settings import SettingsError
+    from plexserve.repository import SingleModel, check_model_name
+    from plexserve.settings import SettingsError
 
     if args.model_name is None and args.model_dir is None:
         return None
@@ -167,10 +167,10 @@ def single_model(args: argparse.Namespace) -> SingleModel | None:
 
 def server_settings(args: argparse.Namespace) -> ServerSettings:
     """The ServerSettings `plexserve serve` runs with, from its parsed flags."""
-    from service.server import ServerSettings
-    from service.settings import ServerConfig
-    from service.tls import tls_files
-    from service.tracing import tracing_settings
+    from plexserve.server import ServerSettings
+    from plexserve.settings import ServerConfig
+    from plexserve.tls import tls_files
+    from plexserve.tracing import tracing_settings
 
     tls = tls_files(args.tls_cert, args.tls_key, args.tls_client_ca)
     single = single_model(args)
@@ -220,8 +220,8 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.loop import ServingEventLoop
-    from service.server import serve
+    from plexserve.loop import ServingEventLoop
+    from plexserve.server import serve
 
     with asyncio.Runner(loop_factory=ServingEventLoop) as runner:
         runner.run(serve(server_settings(args)))
@@ -230,7 +230,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_infer(args: argparse.Namespace) -> int:
     """Exit 0 answered, 1 the server refused or was not reached, 2 a bad command line."""
-    from service.infer_client import ServerError, UsageError, run_infer
+    from plexserve.infer_client import ServerError, UsageError, run_infer
 
     try:
         run_infer(
@@ -251,7 +251,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from service.bench.command import run_command
+    from plexserve.bench.command import run_command
 
     return run_command(args)
 
@@ -517,7 +517,7 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--otel-service-name",
         metavar="NAME",
-        help="service.name of the spans (env OTEL_SERVICE_NAME; default plexserve)",
+        help="plexserve.name of the spans (env OTEL_SERVICE_NAME; default plexserve)",
     )
     group.add_argument(
         "--otel-sampler",
@@ -559,7 +559,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.set_defaults(run=cmd_serve)
 
-    from service.bench.options import add_arguments as add_bench_arguments
+    from plexserve.bench.options import add_arguments as add_bench_arguments
 
     sub = command("infer", "send one inference request to a running server and print the outputs")
     sub.add_argument("model", metavar="MODEL", help="the model's name")
@@ -611,10 +611,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     if args.command in CLIENT_COMMANDS:  # before the imports below: they load TensorFlow
         return int(args.run(args))
-    from models.registry import BuilderError
-    from service.errors import ServingError
-    from service.export import ExportError
-    from service.settings import SettingsError
+    from plexserve.errors import ServingError
+    from plexserve.export import ExportError
+    from plexserve.models.registry import BuilderError
+    from plexserve.settings import SettingsError
 
     try:
         return int(args.run(args))

@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from service.errors import InvalidInput, ServingError, ShuttingDown, SignatureNotFound
-from service.metrics import UNKNOWN_MODEL, Metrics
-from service.repository import ModelRepository, ModelVersion
-from service.runner import SERVING_SIGNATURE
-from service.signature import Tensors
-from service.stats import InflightCounter
+from plexserve.errors import InvalidInput, ServingError, ShuttingDown, SignatureNotFound
+from plexserve.metrics import UNKNOWN_MODEL, Metrics
+from plexserve.repository import ModelRepository, ModelVersion
+from plexserve.runner import SERVING_SIGNATURE
+from plexserve.signature import Tensors
+from plexserve.stats import InflightCounter
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace, Tracing
+    from plexserve.otel import RequestTrace, Tracing
 
 access_log = logging.getLogger("plexserve.access")
 OK = grpc.StatusCode.OK

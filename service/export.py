@@ -18,10 +18,10 @@ from typing import Any
 
 import keras
 
-from service.errors import UnsupportedModel
-from service.repository import check_model_name
-from service.runner import SERVING_SIGNATURE, read_signature
-from service.signature import Signature
+from plexserve.errors import UnsupportedModel
+from plexserve.repository import check_model_name
+from plexserve.runner import SERVING_SIGNATURE, read_signature
+from plexserve.signature import Signature
 
 _AUTO_NAME = re.compile(r"^(keras_tensor|input_layer)(_\d+)?$")
 

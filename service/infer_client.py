@@ -161,8 +161,8 @@ class GrpcClient:
     def __init__(self, url: str, timeout: float) -> None:
         import grpc
 
-        from service.proto import grpc_service_pb2 as pb
-        from service.proto import grpc_service_pb2_grpc as pb_grpc
+        from plexserve.proto import grpc_service_pb2 as pb
+        from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
 
         self._grpc = grpc
         self._pb = pb

@@ -28,8 +28,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from service.repository import ModelState, ModelVersion
-from service.stats import ExecutionStats, Histogram, merged
+from plexserve.repository import ModelState, ModelVersion
+from plexserve.stats import ExecutionStats, Histogram, merged
 
 UNKNOWN_MODEL = "(unknown)"
 Labels = tuple[str, str]  # model, version

@@ -43,12 +43,12 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from service.errors import ServingError
-from service.signature import Tensors
-from service.tracing import TracingSettings
+from plexserve.errors import ServingError
+from plexserve.signature import Tensors
+from plexserve.tracing import TracingSettings
 
 if TYPE_CHECKING:
-    from service.repository import ModelVersion
+    from plexserve.repository import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Tracing:
         self.provider = TracerProvider(
             sampler=sampler(settings),
             resource=Resource.create(
-                {"service.name": settings.service_name, "service.version": service_version}
+                {"plexserve.name": settings.service_name, "plexserve.version": service_version}
             ),
             shutdown_on_exit=False,  # Server.stop does it, within SHUTDOWN_SECONDS
         )

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.batching import DynamicBatcher
-from service.errors import (
+from plexserve.batching import DynamicBatcher
+from plexserve.errors import (
     InvalidInput,
     LoadFailed,
     ModelNotFound,
@@ -42,19 +42,19 @@ from service.errors import (
     name_list,
     without_paths,
 )
-from service.runner import SignatureRunner
-from service.settings import (
+from plexserve.runner import SignatureRunner
+from plexserve.settings import (
     BatchingSettings,
     ModelSettings,
     ServerConfig,
     SettingsError,
     VersionPolicy,
 )
-from service.signature import Signature, Tensors
-from service.stats import ExecutionStats, InflightCounter
+from plexserve.signature import Signature, Tensors
+from plexserve.stats import ExecutionStats, InflightCounter
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace, Tracing
+    from plexserve.otel import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,15 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
 
-from service.cpu import AvailableCpus, available_cpus, whole_cpus
-from service.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded, UnsupportedModel
-from service.settings import SettingsError
-from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
-from service.stats import ExecutionObserver
-from service.threads import name_thread
+from plexserve.cpu import AvailableCpus, available_cpus, whole_cpus
+from plexserve.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded, UnsupportedModel
+from plexserve.settings import SettingsError
+from plexserve.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
+from plexserve.stats import ExecutionObserver
+from plexserve.threads import name_thread
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace
+    from plexserve.otel import RequestTrace
 
 log = logging.getLogger(__name__)
 

@@ -51,20 +51,20 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service.dataplane import DataPlane
-from service.errors import ServingError
-from service.grpc.limits import connection_options
-from service.grpc.oip import InferenceServicer
-from service.grpc.tfserving import ModelServicer, PredictionServicer
-from service.metrics import Metrics
-from service.proto import grpc_service_pb2, grpc_service_pb2_grpc
-from service.repository import ModelRepository, ModelState, ModelVersion, SingleModel
-from service.rest.app import HttpSettings, RestServer
-from service.runner import configure_tensorflow, freeze_startup_objects
-from service.settings import ServerConfig, SettingsError
-from service.threads import name_thread
-from service.tls import CertificateReloader, TlsFiles, server_credentials
-from service.tracing import TracingSettings, start_tracing
+from plexserve.dataplane import DataPlane
+from plexserve.errors import ServingError
+from plexserve.grpc.limits import connection_options
+from plexserve.grpc.oip import InferenceServicer
+from plexserve.grpc.tfserving import ModelServicer, PredictionServicer
+from plexserve.metrics import Metrics
+from plexserve.proto import grpc_service_pb2, grpc_service_pb2_grpc
+from plexserve.repository import ModelRepository, ModelState, ModelVersion, SingleModel
+from plexserve.rest.app import HttpSettings, RestServer
+from plexserve.runner import configure_tensorflow, freeze_startup_objects
+from plexserve.settings import ServerConfig, SettingsError
+from plexserve.threads import name_thread
+from plexserve.tls import CertificateReloader, TlsFiles, server_credentials
+from plexserve.tracing import TracingSettings, start_tracing
 
 log = logging.getLogger(__name__)
 

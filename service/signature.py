@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import InvalidInput, name_list
+from plexserve.errors import InvalidInput, name_list
 
 Shape = tuple[int | None, ...]
 _Check = tuple[str, np.dtype, int, "Shape | None", tuple[tuple[int, int], ...], bool]

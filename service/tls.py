@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from service.settings import SettingsError
+from plexserve.settings import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service.settings import SettingsError
+from plexserve.settings import SettingsError
 
 if TYPE_CHECKING:
-    from service.otel import Tracing
+    from plexserve.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def start_tracing(settings: TracingSettings, service_version: str) -> Tracing | 
     """The server's Tracing (OpenTelemetry imported now), or None when tracing is off."""
     if not settings.enabled:
         return None
-    from service.otel import Tracing
+    from plexserve.otel import Tracing
 
     tracing = Tracing(settings, service_version)
     log.info("tracing: %s", settings.describe())

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import default_registry
-from service.export import export_model
+from plexserve.export import export_model
+from plexserve.models import default_registry
 from tests.harness import RunningServer
 
 # Small parameter values: each model builds, exports and serves in about a second.

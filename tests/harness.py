@@ -20,10 +20,10 @@ import grpc
 import keras
 import numpy as np
 
-from service.loop import ServingEventLoop
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
-from service.server import Server, ServerSettings
+from plexserve.loop import ServingEventLoop
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.server import Server, ServerSettings
 
 T = TypeVar("T")
 LOCAL_PORT_0: dict[str, Any] = {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0}

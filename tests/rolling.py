@@ -12,7 +12,7 @@ plexserve (for example the commit before a change):
         [--model multi_task] [--also BUILDERS] [--setups plain,retry,health] [--timeout 600]
         [-- extra `plexserve serve` flags]
 
---server-src runs `python -m service serve` from DIR (another checkout) instead of this one's
+--server-src runs `plexserve serve` from DIR (another checkout, its own code) instead of this one's
 `plexserve`; the model repository is built with this checkout's builders either way.
 """
 
@@ -39,8 +39,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
 
 STARTUP_SECONDS = 180.0
 # A client reconnects to a replica's address at most this long after it went away (gRPC's
@@ -85,7 +85,7 @@ def free_ports(count: int) -> list[int]:
 
 def this_checkout_command() -> list[str]:
     script = shutil.which("plexserve", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "service"]
+    return [script] if script else [sys.executable, "-m", "plexserve"]
 
 
 class Replica:
@@ -341,7 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-logs", type=Path, help="copy the replicas' logs here")
     parser.add_argument("server_flags", nargs="*", help="extra `plexserve serve` flags, after --")
     args = parser.parse_args(argv)
-    command = [sys.executable, "-m", "service"] if args.server_src else this_checkout_command()
+    command = this_checkout_command()
+    if args.server_src:
+        from bench.harness import checkout_command
+
+        command, extra = checkout_command(args.server_src.resolve(), Path(tempfile.mkdtemp()))
+        os.environ.update(extra)
     with tempfile.TemporaryDirectory(prefix="plexserve-rolling-") as scratch:
         repository, logs = Path(scratch) / "repo", Path(scratch) / "logs"
         logs.mkdir()

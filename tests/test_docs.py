@@ -96,7 +96,7 @@ def test_every_docs_file_is_linked_from_the_readme() -> None:
 def test_every_flag_of_every_subcommand_is_documented() -> None:
     import argparse
 
-    from service.cli import parser
+    from plexserve.cli import parser
 
     top = parser()
     commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices

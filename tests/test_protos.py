@@ -11,7 +11,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from service.proto import grpc_service_pb2, model_config_pb2
+from plexserve.proto import grpc_service_pb2, model_config_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 

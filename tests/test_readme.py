@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from models import default_registry
-from service.export import export_model
-from service.proto import grpc_service_pb2 as pb
+from plexserve.export import export_model
+from plexserve.models import default_registry
+from plexserve.proto import grpc_service_pb2 as pb
 from tests.conftest import DemoModel
 from tests.harness import RunningServer, output_arrays
 
@@ -178,7 +178,7 @@ def test_plexserve_infer_from_the_shell(served: Served) -> None:
     command = block("sh", ".venv/bin/plexserve infer ")
     plexserve = shlex.quote(str(Path(sys.executable).parent / "plexserve"))
     if not (Path(sys.executable).parent / "plexserve").exists():
-        plexserve = f"{shlex.quote(sys.executable)} -m service"
+        plexserve = f"{shlex.quote(sys.executable)} -m plexserve"
     command = command.replace(".venv/bin/plexserve", plexserve, 1).rstrip()
     command += f" --url 127.0.0.1:{served.server.server.grpc_port}"
     result = subprocess.run(

@@ -18,11 +18,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from service.bench import BenchError
-from service.bench.load import StepPlan, StepRecord
-from service.bench.options import BenchSettings, settings_from_args
-from service.bench.protocols import InputSpec, check_protocol
-from service.bench.report import (
+from plexserve.bench import BenchError
+from plexserve.bench.load import StepPlan, StepRecord
+from plexserve.bench.options import BenchSettings, settings_from_args
+from plexserve.bench.protocols import InputSpec, check_protocol
+from plexserve.bench.report import (
     FORMAT,
     compare_runs,
     environment,
@@ -35,9 +35,9 @@ from service.bench.report import (
     write_csv,
     write_json,
 )
-from service.bench.server_metrics import Scrape, scrape, server_figures
-from service.bench.stats import step_figures
-from service.bench.workers import LoadSetup, LocalLoad, ProcessLoad
+from plexserve.bench.server_metrics import Scrape, scrape, server_figures
+from plexserve.bench.stats import step_figures
+from plexserve.bench.workers import LoadSetup, LocalLoad, ProcessLoad
 
 PROCESS_LEAD = 0.5  # seconds between sending plans to load processes and the step's start
 PROGRESS_MIN_STEP = 3.0  # steps at least this long get a live progress line on a terminal
@@ -234,7 +234,7 @@ def run_command(args: argparse.Namespace) -> int:
             runs = (load_run(a), load_run(b))
             print(compare_runs(runs[0], runs[1], (str(a), str(b))))
             if args.plot:
-                from service.bench.plot import plot_runs
+                from plexserve.bench.plot import plot_runs
 
                 plot_runs([(a.stem, runs[0]), (b.stem, runs[1])], args.plot)
                 print(f"plot: {args.plot}")
@@ -242,7 +242,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
         check_protocol(settings.protocol)
         if args.plot:
-            from service.bench.plot import require_matplotlib
+            from plexserve.bench.plot import require_matplotlib
 
             require_matplotlib()  # before a long run, not after it
         document = asyncio.run(run_bench(settings))
@@ -253,7 +253,7 @@ def run_command(args: argparse.Namespace) -> int:
             write_csv(document, args.csv)
             print(f"csv: {args.csv}")
         if args.plot:
-            from service.bench.plot import plot_runs
+            from plexserve.bench.plot import plot_runs
 
             plot_runs([(settings.model, document)], args.plot)
             print(f"plot: {args.plot}")

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from service.bench import BenchError
-from service.bench.protocols import BenchProtocol, InputSpec
-from service.signature import OIP_DATATYPES
+from plexserve.bench import BenchError
+from plexserve.bench.protocols import BenchProtocol, InputSpec
+from plexserve.signature import OIP_DATATYPES
 
 POOL_SIZE = 32
 RANDOM_INT_HIGH = 10  # exclusive: random ints are 0..9

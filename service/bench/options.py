@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from service.bench import BenchError
+from plexserve.bench import BenchError
 
 PROTOCOLS = ("v2", "tfserving")
 DISTRIBUTIONS = ("constant", "poisson")

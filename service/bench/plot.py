@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from service.bench import BenchError
-from service.bench.report import step_label
+from plexserve.bench import BenchError
+from plexserve.bench.report import step_label
 
 CURVES = (("p50", "-"), ("p90", "--"), ("p99", "-."), ("p99.9", ":"))
 

@@ -23,10 +23,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.bench import BenchError
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
-from service.signature import datatype_of
+from plexserve.bench import BenchError
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.signature import datatype_of
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _LENGTH = struct.Struct("<I")
@@ -138,7 +138,7 @@ class V2Protocol(BenchProtocol):
 
 
 def _tfserving(target: str, model: str, version: str) -> BenchProtocol:
-    from service.bench.tfserving import TFServingProtocol  # imports TensorFlow's protos
+    from plexserve.bench.tfserving import TFServingProtocol  # imports TensorFlow's protos
 
     return TFServingProtocol(target, model, version)
 

@@ -17,10 +17,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from service.bench import BenchError
-from service.bench.options import BenchSettings
-from service.bench.protocols import InputSpec
-from service.bench.server_metrics import describe
+from plexserve.bench import BenchError
+from plexserve.bench.options import BenchSettings
+from plexserve.bench.protocols import InputSpec
+from plexserve.bench.server_metrics import describe
 
 FORMAT = 1
 LATENCY_COLUMNS = ("p50", "p90", "p99", "p99.9", "max")

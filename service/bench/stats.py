@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bench.load import OK, STATUS_NAMES, StepRecord
+from plexserve.bench.load import OK, STATUS_NAMES, StepRecord
 
 PERCENTILES: tuple[tuple[str, float], ...] = (
     ("p50", 50),

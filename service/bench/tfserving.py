@@ -21,10 +21,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service.bench import BenchError
-from service.bench.protocols import MAX_MESSAGE_BYTES, BenchProtocol, InputSpec
-from service.codecs import tfserving as codec
-from service.signature import datatype_of
+from plexserve.bench import BenchError
+from plexserve.bench.protocols import MAX_MESSAGE_BYTES, BenchProtocol, InputSpec
+from plexserve.codecs import tfserving as codec
+from plexserve.signature import datatype_of
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 SERVING_SIGNATURE = "serving_default"

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from service.bench import BenchError
-from service.bench.inputs import build_pool
-from service.bench.load import Recorder, StepPlan, StepRecord, run_plan
-from service.bench.protocols import BenchProtocol, InputSpec, open_protocol
+from plexserve.bench import BenchError
+from plexserve.bench.inputs import build_pool
+from plexserve.bench.load import Recorder, StepPlan, StepRecord, run_plan
+from plexserve.bench.protocols import BenchProtocol, InputSpec, open_protocol
 
 START_TIMEOUT = 60.0
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from service.errors import InvalidInput
-from service.signature import format_shape
+from plexserve.errors import InvalidInput
+from plexserve.signature import format_shape
 
 # More dimensions than any served tensor has (numpy itself stops at 64).
 MAX_RANK = 32

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from service.codecs.arrays import element_count, from_bytes, from_strings, from_values
-from service.errors import InvalidInput
-from service.proto import grpc_service_pb2 as pb
-from service.proto import model_config_pb2 as config_pb
-from service.settings import BatchingSettings
-from service.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
-from service.stats import Duration, ExecutionStats
+from plexserve.codecs.arrays import element_count, from_bytes, from_strings, from_values
+from plexserve.errors import InvalidInput
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import model_config_pb2 as config_pb
+from plexserve.settings import BatchingSettings
+from plexserve.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
+from plexserve.stats import Duration, ExecutionStats
 
 PLATFORM = "tensorflow_savedmodel"
 

@@ -26,7 +26,7 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from service.codecs.arrays import (
+from plexserve.codecs.arrays import (
     element_count,
     from_bytes,
     from_json_numbers,
@@ -35,8 +35,8 @@ from service.codecs.arrays import (
     to_length_prefixed,
     to_little_endian_bytes,
 )
-from service.errors import InvalidInput
-from service.signature import OIP_DATATYPES, Signature, Tensors
+from plexserve.errors import InvalidInput
+from plexserve.signature import OIP_DATATYPES, Signature, Tensors
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Request parameters whose meaning plexserve cannot give: refused, so that a client relying on

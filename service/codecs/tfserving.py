@@ -27,10 +27,10 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from service.codecs.arrays import from_bytes, from_strings, from_values
-from service.errors import InvalidInput
-from service.repository import ModelState
-from service.signature import Signature, Tensors, TensorSpec
+from plexserve.codecs.arrays import from_bytes, from_strings, from_values
+from plexserve.errors import InvalidInput
+from plexserve.repository import ModelState
+from plexserve.signature import Signature, Tensors, TensorSpec
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 SIGNATURE_DEF = "signature_def"  # the one GetModelMetadata field TF Serving knows

@@ -30,11 +30,11 @@ from google.protobuf import json_format, wrappers_pb2
 from google.protobuf.message import Message
 from tensorflow_serving.apis import model_pb2
 
-from service.codecs.arrays import from_json_numbers, from_json_strings
-from service.codecs.oip_json import dumps, loads
-from service.codecs.tfserving import signature_def_map
-from service.errors import InvalidInput, name_list
-from service.signature import Signature, Tensors
+from plexserve.codecs.arrays import from_json_numbers, from_json_strings
+from plexserve.codecs.oip_json import dumps, loads
+from plexserve.codecs.tfserving import signature_def_map
+from plexserve.errors import InvalidInput, name_list
+from plexserve.signature import Signature, Tensors
 
 INSTANCES, INPUTS = "instances", "inputs"
 BYTES_SUFFIX = "_bytes"

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.errors import ServingError, client_message
-from service.tracing import with_request_id
+from plexserve.errors import ServingError, client_message
+from plexserve.tracing import with_request_id
 
 log = logging.getLogger(__name__)
 

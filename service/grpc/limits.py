@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import resource
 
-from service.rest.app import RESERVED_FILES
+from plexserve.rest.app import RESERVED_FILES
 
 # Without a low open-file limit the cap is this (a connection is a client channel, not a call).
 DEFAULT_MAX_CONNECTIONS = 16384

@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from service.codecs import oip as codec
-from service.dataplane import DataPlane
-from service.errors import ModelControlDisabled, ModelNotFound, ModelNotReady
-from service.grpc.boundary import grpc_errors, status_of
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
-from service.repository import ModelState, check_version
-from service.tracing import REQUEST_ID, given, metadata_value
+from plexserve.codecs import oip as codec
+from plexserve.dataplane import DataPlane
+from plexserve.errors import ModelControlDisabled, ModelNotFound, ModelNotReady
+from plexserve.grpc.boundary import grpc_errors, status_of
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.repository import ModelState, check_version
+from plexserve.tracing import REQUEST_ID, given, metadata_value
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace
+    from plexserve.otel import RequestTrace
 
 log = logging.getLogger(__name__)
 

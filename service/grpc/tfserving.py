@@ -24,15 +24,15 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service.codecs import tfserving as codec
-from service.dataplane import DataPlane
-from service.errors import InvalidInput, ModelNotFound, Unimplemented, name_list
-from service.grpc.boundary import grpc_errors, status_of
-from service.runner import SERVING_SIGNATURE
-from service.tracing import REQUEST_ID, given, metadata_value
+from plexserve.codecs import tfserving as codec
+from plexserve.dataplane import DataPlane
+from plexserve.errors import InvalidInput, ModelNotFound, Unimplemented, name_list
+from plexserve.grpc.boundary import grpc_errors, status_of
+from plexserve.runner import SERVING_SIGNATURE
+from plexserve.tracing import REQUEST_ID, given, metadata_value
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace
+    from plexserve.otel import RequestTrace
 
 SERVICE = "tensorflow.serving.PredictionService"
 

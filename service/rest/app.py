@@ -32,10 +32,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from service.dataplane import DataPlane
-from service.rest.boundary import error_middleware
-from service.rest.oip import OipRest
-from service.rest.tfserving import TfServingRest
+from plexserve.dataplane import DataPlane
+from plexserve.rest.boundary import error_middleware
+from plexserve.rest.oip import OipRest
+from plexserve.rest.tfserving import TfServingRest
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service.codecs.oip_json import dumps
-from service.errors import QueueFull, ServingError, ShuttingDown, client_message
-from service.tracing import REQUEST_ID, with_request_id
+from plexserve.codecs.oip_json import dumps
+from plexserve.errors import QueueFull, ServingError, ShuttingDown, client_message
+from plexserve.tracing import REQUEST_ID, with_request_id
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace, Tracing
+    from plexserve.otel import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 

@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from service.codecs import oip as messages
-from service.codecs import oip_json as codec
-from service.dataplane import DataPlane
-from service.errors import InvalidInput, ModelControlDisabled, ServingError
-from service.proto import grpc_service_pb2 as pb
-from service.repository import ModelState, check_version
-from service.rest.boundary import JSON, OIP_REQUEST_ID, json_response, observed, read_body
-from service.signature import Tensors
+from plexserve.codecs import oip as messages
+from plexserve.codecs import oip_json as codec
+from plexserve.dataplane import DataPlane
+from plexserve.errors import InvalidInput, ModelControlDisabled, ServingError
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.repository import ModelState, check_version
+from plexserve.rest.boundary import JSON, OIP_REQUEST_ID, json_response, observed, read_body
+from plexserve.signature import Tensors
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace
+    from plexserve.otel import RequestTrace
 
 PROTOCOL = "v2-rest"
 SERVER_NAME = "plexserve"

@@ -24,17 +24,17 @@ from urllib.parse import unquote
 from aiohttp import web
 from tensorflow_serving.apis import get_model_status_pb2
 
-from service.codecs import tfserving as messages
-from service.codecs import tfserving_json as codec
-from service.dataplane import DataPlane
-from service.errors import ModelNotFound, ServingError, Unimplemented, name_list
-from service.repository import check_version
-from service.rest.boundary import JSON, observed, read_body
-from service.runner import SERVING_SIGNATURE
-from service.signature import Tensors
+from plexserve.codecs import tfserving as messages
+from plexserve.codecs import tfserving_json as codec
+from plexserve.dataplane import DataPlane
+from plexserve.errors import ModelNotFound, ServingError, Unimplemented, name_list
+from plexserve.repository import check_version
+from plexserve.rest.boundary import JSON, observed, read_body
+from plexserve.runner import SERVING_SIGNATURE
+from plexserve.signature import Tensors
 
 if TYPE_CHECKING:
-    from service.otel import RequestTrace
+    from plexserve.otel import RequestTrace
 
 PROTOCOL = "tfserving-rest"
 _MODEL = r"/v1/models/([^/:]+)(?:/versions/([^/:]+)|/labels/([^/:]+))?"

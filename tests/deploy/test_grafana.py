@@ -18,7 +18,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.export import export_model
+from plexserve.export import export_model
 from tests.deploy.conftest import ROOT, run
 from tests.harness import RunningServer, infer_request
 from tests.service.test_observability import linear_model, ones

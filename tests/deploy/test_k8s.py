@@ -148,7 +148,7 @@ def test_termination_grace_exceeds_prestop_lame_duck_and_grace_period(render: Re
     lame duck, then its grace period, then a second to close the streams left."""
     pod = server_pod(render(K8S / "overlays" / "cpu")[1])
     server = container(pod, "plexserve")
-    from service.cli import parser
+    from plexserve.cli import parser
 
     parsed = parser().parse_args(server["args"])
     pre_stop = server.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command")
@@ -160,7 +160,7 @@ def test_termination_grace_exceeds_prestop_lame_duck_and_grace_period(render: Re
 
 
 def test_server_args_are_flags_the_server_accepts(render: Render) -> None:
-    from service.cli import parser
+    from plexserve.cli import parser
 
     server = container(server_pod(render(K8S / "overlays" / "cpu")[1]), "plexserve")
     parsed, unknown = parser().parse_known_args(server["args"])
@@ -173,7 +173,7 @@ def serve_options() -> set[str]:
     """Every option string `plexserve serve` accepts."""
     import argparse
 
-    from service.cli import parser
+    from plexserve.cli import parser
 
     commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {o for action in commands.choices["serve"]._actions for o in action.option_strings}
@@ -185,7 +185,7 @@ def test_every_flag_the_deployment_names_is_one_the_server_takes(render: Render)
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", text))
     assert {"--tf-intra-op-threads", "--tf-inter-op-threads"} <= named
     assert named - serve_options() == set()
-    from service.cli import parser
+    from plexserve.cli import parser
 
     server = container(server_pod(render(K8S / "overlays" / "cpu")[1]), "plexserve")
     advised = [*server["args"], "--tf-intra-op-threads=3", "--tf-inter-op-threads=2"]
@@ -202,7 +202,7 @@ def test_the_server_config_comes_from_the_configmap(render: Render, tmp_path: Pa
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     config_map = one(manifests, "ConfigMap", volume["configMap"]["name"])
     assert config_path.name in config_map["data"]
-    from service.settings import ServerConfig  # the server's own loader accepts it
+    from plexserve.settings import ServerConfig  # the server's own loader accepts it
 
     (tmp_path / config_path.name).write_text(config_map["data"][config_path.name])
     config = ServerConfig.load(tmp_path / config_path.name)
@@ -328,7 +328,7 @@ def test_tls_component_turns_tls_on_and_moves_the_probes_to_plain_http(
     args = flags(server["args"])
     assert args["tls-cert"] == "/etc/plexserve/tls/tls.crt"
     assert args["tls-key"] == "/etc/plexserve/tls/tls.key"
-    from service.cli import parser  # the server's own flags take them
+    from plexserve.cli import parser  # the server's own flags take them
 
     parsed, unknown = parser().parse_known_args(server["args"])
     assert unknown == [] and (parsed.tls_cert, parsed.tls_key) == (

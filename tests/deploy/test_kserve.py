@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from service.export import export_model
-from service.proto import grpc_service_pb2 as pb
+from plexserve.export import export_model
+from plexserve.proto import grpc_service_pb2 as pb
 from tests.deploy.conftest import ROOT, Manifest, one, run
 from tests.harness import LOCAL_PORT_0, RunningServer, constant_model, infer_request, output_arrays
 
@@ -129,7 +129,7 @@ def test_every_kustomization_renders_and_the_rendered_objects_validate(
 
 
 def test_runtime_args_are_flags_the_server_takes_on_kserves_ports_and_mount() -> None:
-    from service.cli import parser
+    from plexserve.cli import parser
 
     container = runtime_container()
     parsed, unknown = parser().parse_known_args(container["args"])
@@ -155,7 +155,7 @@ KUBERNETES_DEFAULT_TERMINATION_GRACE = 30
 
 
 def test_runtime_shutdown_ends_before_the_default_termination_grace() -> None:
-    from service.cli import parser
+    from plexserve.cli import parser
 
     parsed = parser().parse_args(runtime_container()["args"])
     assert parsed.lame_duck >= 5  # long enough for endpoint changes to reach the routers
@@ -186,7 +186,7 @@ def test_runtime_supports_tensorflow_over_v2_and_grpc_v2() -> None:
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_examples_use_the_runtime_and_expose_its_grpc_port_as_h2c(name: str) -> None:
-    from service.cli import parser
+    from plexserve.cli import parser
 
     runtime = load(RUNTIME)
     model = example(name)["spec"]["predictor"]["model"]
@@ -253,7 +253,7 @@ def kserve_args(container: Manifest, isvc_name: str, mount: Path) -> list[str]:
 
 @pytest.fixture()
 def kserve_server(tmp_path: Path) -> Iterator[tuple[RunningServer, str, Path]]:
-    from service.cli import parser, server_settings
+    from plexserve.cli import parser, server_settings
 
     # What the storage initializer leaves for a storageUri that points at a SavedModel's folder:
     # its files directly in /mnt/models.

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from models import default_registry
+from plexserve.models import default_registry
 
 ROWS = 2
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-import models.registry
-from models.registry import Builder, BuilderError, BuilderParameter, BuilderRegistry
+import plexserve.models.registry
+from plexserve.models.registry import Builder, BuilderError, BuilderParameter, BuilderRegistry
 
 
 def small(width: int = 4, shape: tuple[int, int, int] = (8, 8, 3), name: str = "x") -> str:
@@ -285,13 +285,13 @@ def test_build_without_a_required_parameter(registry: BuilderRegistry) -> None:
 def scratch_default_registry(monkeypatch: pytest.MonkeyPatch) -> BuilderRegistry:
     """Route ``register_builder`` into a throwaway registry so the real default stays untouched."""
     scratch = BuilderRegistry()
-    monkeypatch.setattr(models.registry, "default_registry", scratch)
+    monkeypatch.setattr(plexserve.models.registry, "default_registry", scratch)
     return scratch
 
 
 def write_module(directory: Path, name: str, builder_name: str) -> None:
     source = f'''
-        from models.registry import register_builder
+        from plexserve.models.registry import register_builder
 
 
         @register_builder("{builder_name}")

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import Done, DynamicBatcher
-from service.errors import InvalidInput, QueueDeadlineExceeded, QueueFull
-from service.settings import BatchingSettings
-from service.signature import Signature, Tensors
-from service.stats import ExecutionStats
+from plexserve.batching import Done, DynamicBatcher
+from plexserve.errors import InvalidInput, QueueDeadlineExceeded, QueueFull
+from plexserve.settings import BatchingSettings
+from plexserve.signature import Signature, Tensors
+from plexserve.stats import ExecutionStats
 
 
 class GatedRunner:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from plexserve.cli import main
 
 
 def test_builders_lists_every_builtin_with_parameters(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,7 +72,7 @@ def test_builders_module_registers_a_third_party_builder(
     (tmp_path / "acme_builders.py").write_text(
         textwrap.dedent('''
         import keras
-        from models import register_builder
+        from plexserve.models import register_builder
 
         @register_builder("acme_linear")
         def acme_linear(width: int = 3) -> keras.Model:
@@ -156,14 +156,14 @@ def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixt
 )
 def test_global_options_are_accepted_before_and_after_the_subcommand(argv: list[str]) -> None:
     """After the subcommand wins when both are given; neither is reset by the subcommand."""
-    from service.cli import parser
+    from plexserve.cli import parser
 
     args = parser().parse_args(argv)
     assert (args.command, args.log_level, args.log_format) == ("builders", "DEBUG", "json")
 
 
 def test_defaults_of_the_global_options_survive_the_subcommand() -> None:
-    from service.cli import parser
+    from plexserve.cli import parser
 
     args = parser().parse_args(["serve"])
     assert (args.log_level, args.log_format) == ("INFO", "text")
@@ -186,7 +186,7 @@ def test_an_unknown_log_level_is_a_usage_error_naming_the_choices(
 
 def test_every_option_of_every_subcommand_has_help_stating_its_default() -> None:
     """What `plexserve COMMAND --help` shows for each option: a description, then its default."""
-    from service.cli import HelpFormatter, parser
+    from plexserve.cli import HelpFormatter, parser
 
     top = parser()
     subcommands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices

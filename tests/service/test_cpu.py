@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service import runner
-from service.cpu import available_cpus, cgroup_quota
+from plexserve import runner
+from plexserve.cpu import available_cpus, cgroup_quota
 
 NODE_CORES = 64
 
@@ -141,7 +141,7 @@ def test_configure_tensorflow_sets_threads_from_the_quota_and_logs_what_it_found
     monkeypatch.setattr(
         runner, "_set_threads", lambda kind, wanted: asked.__setitem__(kind, wanted)
     )
-    with caplog.at_level(logging.INFO, logger="service.runner"):
+    with caplog.at_level(logging.INFO, logger="plexserve.runner"):
         runner.configure_tensorflow(None, 1, "auto")
     assert asked == {"intra_op": 3, "inter_op": 1}
     line = next(r.getMessage() for r in caplog.records if "CPUs available" in r.getMessage())

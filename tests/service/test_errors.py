@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.errors import MAX_MESSAGE_BYTES, client_message, name_list, without_paths
+from plexserve.errors import MAX_MESSAGE_BYTES, client_message, name_list, without_paths
 
 
 def test_name_lists_are_cut_after_ten_with_a_count() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import keras
 import pytest
 
-from service.export import ExportError, export_model
-from service.repository import scan
+from plexserve.export import ExportError, export_model
+from plexserve.repository import scan
 
 
 def tiny(**names: str) -> keras.Model:

@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.export import export_model
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.export import export_model
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.harness import RunningServer, constant_model, wait_until
 from tests.service.test_shutdown import plexserve_command
 

@@ -31,11 +31,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service.errors import MAX_MESSAGE_BYTES
-from service.export import export_model
-from service.grpc.oip import InferenceServicer
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.errors import MAX_MESSAGE_BYTES
+from plexserve.export import export_model
+from plexserve.grpc.oip import InferenceServicer
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.harness import (
     RunningServer,
     constant_model,
@@ -591,7 +591,7 @@ def test_a_stream_whose_client_does_not_read_is_bounded_then_cancelled(
 
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        with caplog.at_level(logging.INFO, logger="service.grpc.oip"):
+        with caplog.at_level(logging.INFO, logger="plexserve.grpc.oip"):
             responses = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
                 requests(), timeout=120
             )

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.infer_client import run_infer
+from plexserve.cli import main
+from plexserve.infer_client import run_infer
 from tests.conftest import DemoModel
 from tests.harness import RunningServer
 
@@ -153,7 +153,7 @@ def test_a_bad_command_line_is_exit_status_2_naming_the_input(
 def test_infer_never_imports_tensorflow(server: RunningServer) -> None:
     """A client starts in well under a second only because TensorFlow stays out of it."""
     code = (
-        "import sys; from service.cli import main; "
+        "import sys; from plexserve.cli import main; "
         f"status = main(['infer', 'mlp', '--url', '{server.address}', "
         "'--input', 'features=[0, 1, 2, 3, 4, 5, 6, 7]']); "
         "print('status', status, 'tensorflow' in sys.modules, 'keras' in sys.modules)"

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.export import export_model
-from service.proto import grpc_service_pb2 as pb
+from plexserve.export import export_model
+from plexserve.proto import grpc_service_pb2 as pb
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays, wait_until
 
 X = np.ones((1, 2), np.float32)

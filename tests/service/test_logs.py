@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from service.logs import RepeatFilter, configure_logging
+from plexserve.logs import RepeatFilter, configure_logging
 
 
 def record(
@@ -66,7 +66,7 @@ def test_one_fault_with_a_different_text_each_time_is_one_kind() -> None:
 
     def failed(error: Exception) -> logging.LogRecord:
         return logging.LogRecord(
-            "service.grpc.boundary",
+            "plexserve.grpc.boundary",
             logging.ERROR,
             __file__,
             1,

@@ -7,9 +7,9 @@ import asyncio
 
 import numpy as np
 
-from service.batching import DynamicBatcher
-from service.loop import ServingEventLoop
-from service.settings import BatchingSettings
+from plexserve.batching import DynamicBatcher
+from plexserve.loop import ServingEventLoop
+from plexserve.settings import BatchingSettings
 from tests.service.test_batching import GatedRunner, x
 
 

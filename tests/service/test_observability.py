@@ -19,11 +19,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.export import export_model
-from service.logs import JsonFormatter
-from service.proto import grpc_service_pb2 as pb
-from service.repository import load_runner
-from service.server import Server, ServerSettings
+from plexserve.export import export_model
+from plexserve.logs import JsonFormatter
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.repository import load_runner
+from plexserve.server import Server, ServerSettings
 from tests.harness import LOCAL_PORT_0, RunningServer, infer_request, output_arrays, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

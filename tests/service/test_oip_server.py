@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2 as pb
 from tests.conftest import BUILTINS, DemoModel
 from tests.harness import RunningServer, infer_request, output_arrays
 

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.errors import ModelNotFound
-from service.export import export_model
-from service.proto import grpc_service_pb2 as pb
-from service.repository import (
+from plexserve.errors import ModelNotFound
+from plexserve.export import export_model
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.repository import (
     IllegalTransition,
     ModelRepository,
     ModelState,
     ModelVersion,
     load_runner,
 )
-from service.runner import SignatureRunner
+from plexserve.runner import SignatureRunner
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 
 

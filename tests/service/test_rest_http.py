@@ -22,9 +22,9 @@ import keras
 import numpy as np
 import pytest
 
-from service.export import export_model
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.export import export_model
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.harness import Reply, RunningServer, infer_request, output_arrays, rest, wait_until
 from tests.service.test_observability import sample, scrape
 from tests.service.test_shutdown import plexserve_command

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.export import export_model
+from plexserve.export import export_model
 from tests.conftest import BUILTINS, DemoModel
 from tests.harness import NUMPY_OF, Reply, RunningServer, constant_model, datatype, raw_bytes, rest
 

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from service.export import export_model
+from plexserve.export import export_model
 from tests.conftest import DemoModel
 from tests.harness import Reply, RunningServer, rest
 

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.cli import main
-from service.export import export_model
-from service.loop import ServingEventLoop
-from service.proto import grpc_service_pb2 as pb
-from service.proto import grpc_service_pb2_grpc as pb_grpc
-from service.repository import load_runner
-from service.server import Server, ServerSettings
-from service.settings import SettingsError
+from plexserve.cli import main
+from plexserve.export import export_model
+from plexserve.loop import ServingEventLoop
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.repository import load_runner
+from plexserve.server import Server, ServerSettings
+from plexserve.settings import SettingsError
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays, wait_until
 from tests.rolling import SETUPS, RollingRestart, free_ports, this_checkout_command
 

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from service.export import export_model
-from service.runner import SignatureRunner
+from plexserve.export import export_model
+from plexserve.runner import SignatureRunner
 from tests.harness import RunningServer, infer_request
 
 

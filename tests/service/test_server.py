@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.export import export_model
-from service.rest.app import default_max_connections
-from service.server import raise_open_file_limit
+from plexserve.export import export_model
+from plexserve.rest.app import default_max_connections
+from plexserve.server import raise_open_file_limit
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 
 

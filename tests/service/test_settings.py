@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import BatchingSettings, ServerConfig, SettingsError, VersionPolicy
+from plexserve.settings import BatchingSettings, ServerConfig, SettingsError, VersionPolicy
 
 
 def write(path: Path, text: str) -> Path:

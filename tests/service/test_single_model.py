@@ -14,10 +14,10 @@ import grpc
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.export import export_model
-from service.proto import grpc_service_pb2 as pb
-from service.repository import SingleModel
+from plexserve.cli import main
+from plexserve.export import export_model
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.repository import SingleModel
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 
 X = {"x": np.ones((1, 2), np.float32)}

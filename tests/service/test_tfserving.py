@@ -28,9 +28,9 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from service.export import export_model
-from service.proto import grpc_service_pb2 as pb
-from service.repository import ModelState
+from plexserve.export import export_model
+from plexserve.proto import grpc_service_pb2 as pb
+from plexserve.repository import ModelState
 from tests.conftest import BUILTINS, DemoModel
 from tests.harness import RunningServer, constant_model, infer_request, output_arrays
 

@@ -16,10 +16,10 @@ import grpc
 import numpy as np
 import pytest
 
-from service.cli import main
-from service.export import export_model
-from service.proto import grpc_service_pb2_grpc as pb_grpc
-from service.tls import TlsFiles
+from plexserve.cli import main
+from plexserve.export import export_model
+from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
+from plexserve.tls import TlsFiles
 from tests.harness import RunningServer, infer_request, output_arrays
 from tests.service.test_lifecycle import constant_model
 

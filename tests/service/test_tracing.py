@@ -28,10 +28,10 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from service.cli import parser, server_settings
-from service.export import export_model
-from service.settings import SettingsError
-from service.tracing import TracingSettings, tracing_settings
+from plexserve.cli import parser, server_settings
+from plexserve.export import export_model
+from plexserve.settings import SettingsError
+from plexserve.tracing import TracingSettings, tracing_settings
 from tests.harness import RunningServer, infer_request, output_arrays, rest
 
 SERVER = trace_pb2.Span.SPAN_KIND_SERVER
@@ -201,7 +201,7 @@ def test_a_traced_model_infer_continues_the_clients_trace_with_its_children(
         "plexserve.batch.requests": 1,
     }
     resource = traced.receiver.spans(trace_id)[0][0]
-    assert resource["service.name"] == "plexserve"
+    assert resource["plexserve.name"] == "plexserve"
     # the access log names the request and its trace
     (line,) = [r.getMessage() for r in caplog.records if r.name == "plexserve.access"]
     assert line.startswith("v2 model=m version=1 code=OK rows=3 ms=")
@@ -480,7 +480,7 @@ from tests.harness import RunningServer, infer_request
 running = RunningServer(Path({str(repository)!r}))
 running.stub.ModelInfer(infer_request("m", {{"x": np.ones((1, 2), np.float32)}}))
 running.close()
-print(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry" or m == "service.otel"))
+print(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry" or m == "plexserve.otel"))
 """
     done = subprocess.run(
         [sys.executable, "-c", script],

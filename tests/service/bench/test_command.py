@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from service.bench.inputs import InputData
-from service.bench.load import StepPlan, run_plan
-from service.bench.protocols import V2Protocol
-from service.bench.stats import step_figures
-from service.cli import main
+from plexserve.bench.inputs import InputData
+from plexserve.bench.load import StepPlan, run_plan
+from plexserve.bench.protocols import V2Protocol
+from plexserve.bench.stats import step_figures
+from plexserve.cli import main
 from tests.harness import RunningServer
 
 LATENCIES = ["p50", "p90", "p99", "p99.9", "max"]
@@ -187,7 +187,7 @@ def test_the_bench_package_does_not_import_tensorflow_for_v2() -> None:
     """Only --protocol tfserving imports TensorFlow (its messages do), when a client is opened."""
     code = (
         "import asyncio, sys, service.bench.command, service.bench.workers\n"
-        "from service.bench.protocols import check_protocol, open_protocol\n"
+        "from plexserve.bench.protocols import check_protocol, open_protocol\n"
         "check_protocol('tfserving')\n"
         "async def main():\n"
         "    await open_protocol('v2', '127.0.0.1:1', 'mlp').close()\n"

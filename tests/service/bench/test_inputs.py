@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bench import BenchError
-from service.bench.inputs import InputData, build_pool, request_shape
-from service.bench.protocols import InputSpec, V2Protocol
+from plexserve.bench import BenchError
+from plexserve.bench.inputs import InputData, build_pool, request_shape
+from plexserve.bench.protocols import InputSpec, V2Protocol
 from tests.conftest import BUILTINS, DemoModel
 from tests.harness import RunningServer
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from service.bench.load import StepPlan, arrival_times, run_plan
-from service.bench.stats import step_figures
+from plexserve.bench.load import StepPlan, arrival_times, run_plan
+from plexserve.bench.stats import step_figures
 from tests.service.bench.virtual_time import run_virtual
 
 POOL = ["request"]

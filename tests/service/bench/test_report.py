@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from service.bench import BenchError
-from service.bench.report import load_run, write_csv, write_json
-from service.cli import main
+from plexserve.bench import BenchError
+from plexserve.bench.report import load_run, write_csv, write_json
+from plexserve.cli import main
 
 
 def step(concurrency: int, rps: float, p50: float, p99: float, **extra: Any) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def test_compare_refuses_a_file_that_is_not_a_run(
 
 def test_plot_is_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")  # the optional extra 'plot'
-    from service.bench.plot import plot_runs
+    from plexserve.bench.plot import plot_runs
 
     document = run(step(1, 100.0, 2.0, 4.0), step(8, 400.0, 8.0, 20.0))
     plot_runs([("a", document), ("b", document)], tmp_path / "run.png")

@@ -9,7 +9,7 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from service.bench.server_metrics import describe, parse_totals, scrape, server_figures
+from plexserve.bench.server_metrics import describe, parse_totals, scrape, server_figures
 
 LABELS = ["model", "version"]
 

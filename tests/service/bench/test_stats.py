@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.bench.load import STATUS_NAMES, StepRecord
-from service.bench.stats import latency_figures, percentile, step_figures
+from plexserve.bench.load import STATUS_NAMES, StepRecord
+from plexserve.bench.stats import latency_figures, percentile, step_figures
 
 OK = STATUS_NAMES.index("OK")
 NOT_FOUND = STATUS_NAMES.index("NOT_FOUND")

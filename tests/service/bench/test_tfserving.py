@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from service.bench import BenchError
-from service.bench.inputs import build_pool
-from service.bench.load import StepPlan, run_plan
-from service.bench.protocols import BenchProtocol, InputSpec, open_protocol
-from service.bench.stats import step_figures
-from service.bench.tfserving import TFServingProtocol
-from service.cli import main
+from plexserve.bench import BenchError
+from plexserve.bench.inputs import build_pool
+from plexserve.bench.load import StepPlan, run_plan
+from plexserve.bench.protocols import BenchProtocol, InputSpec, open_protocol
+from plexserve.bench.stats import step_figures
+from plexserve.bench.tfserving import TFServingProtocol
+from plexserve.cli import main
 from tests.conftest import BUILTINS
 from tests.harness import RunningServer
 
