@@ -362,7 +362,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after SIGTERM or SIGINT: seconds the server still answers new requests while its "
         "health and readiness say NOT_SERVING, so that Kubernetes and health-checking clients "
-        "move away before it sends GOAWAY and starts the --grace-period (default 5; 0: GOAWAY "
+        "move away before it sends GOAWAY and starts the --grace-period (default 5.0; 0: GOAWAY "
         "at once); the pod's terminationGracePeriodSeconds must exceed preStop + lame duck + "
         "grace period",
     )
