@@ -9,6 +9,7 @@ import grpc
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from plexserve.export import export_model
 from plexserve.runner import SignatureRunner
@@ -32,6 +33,36 @@ def test_the_session_gives_the_keras_numbers(tmp_path: Path) -> None:
         expected = np.asarray(model(inputs)["y"])
         np.testing.assert_allclose(runner.call(inputs)["y"], expected, rtol=1e-5)
         assert list(runner.signature.outputs) == ["y"]
+    finally:
+        runner.close()
+
+
+def test_an_execution_is_one_cpp_call_not_session_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Session.make_callable` with feeds runs the whole Python `Session.run` per call (230 µs
+    of CPU and the GIL, against 28 µs for Session::MakeCallable): executions must not reach it.
+    Strings go through the C++ callable too."""
+    x = keras.Input((2,), name="x")
+    words = keras.Input((), dtype="string", name="words")
+    model = keras.Model(
+        {"x": x, "words": words},
+        {"y": keras.layers.Dense(1, name="dense")(x), "same": keras.layers.Identity()(words)},
+    )
+    runner = SignatureRunner.load(export_model(model, tmp_path, "m").path)
+
+    def no_python_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an execution went through the Python Session.run")
+
+    monkeypatch.setattr(tf.compat.v1.Session, "run", no_python_run)
+    try:
+        inputs = {
+            "x": np.ones((3, 2), np.float32),
+            "words": np.array([b"a", b"\xff", b""], dtype=object),
+        }
+        outputs = runner.call(inputs)
+        np.testing.assert_allclose(outputs["y"], np.asarray(model(inputs)["y"]), rtol=1e-5)
+        assert outputs["same"].tolist() == [b"a", b"\xff", b""]
     finally:
         runner.close()
 
