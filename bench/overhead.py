@@ -67,7 +67,9 @@ class Result:
 def perf_analyzer() -> tuple[list[str], dict[str, str]]:
     binary = PERF_VENV / "bin" / "perf_analyzer"
     if not binary.exists():
-        raise SystemExit("perf_analyzer is not installed: run `make .perf-venv/.installed-stamp`")
+        raise SystemExit(
+            "perf_analyzer is not installed: run `make perf-tools` (as root: it needs libb64)"
+        )
     cuda = list(PERF_VENV.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join(map(str, cuda))}
     return [str(binary)], env

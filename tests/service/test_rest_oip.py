@@ -358,31 +358,3 @@ def test_repository_control_needs_explicit_mode(server: RunningServer) -> None:
     assert "--model-control explicit" in message
     index = rest(server, "/v2/repository/index", b"").json()
     assert {"name": "mlp", "version": "1", "state": "AVAILABLE"} in index
-
-
-PERF_VENV = Path(__file__).resolve().parents[2] / ".perf-venv"
-
-
-@pytest.mark.skipif(
-    not (PERF_VENV / "bin" / "perf_analyzer").exists(),
-    reason="no .perf-venv with Triton's perf_analyzer: run `make .perf-venv/.installed-stamp`",
-)
-@pytest.mark.parametrize("encoding", ["binary", "json"])
-def test_perf_analyzer_drives_the_http_port(server: RunningServer, encoding: str) -> None:
-    runtime = next(PERF_VENV.glob("lib/python3*/site-packages/nvidia/cuda_runtime/lib"))
-    finished = subprocess.run(
-        [
-            str(PERF_VENV / "bin" / "perf_analyzer"),
-            *("-m", "multi_task", "-u", f"127.0.0.1:{server.server.http.port}", "-i", "http"),
-            *("--input-tensor-format", encoding, "--output-tensor-format", encoding),
-            *("--input-data", "zero", "--concurrency-range", "2"),
-            *("--measurement-mode", "count_windows", "--measurement-request-count", "50"),
-            *("-s", "1000", "--max-trials", "3"),  # a behaviour check, not a measurement
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"LD_LIBRARY_PATH": str(runtime), "PATH": "/usr/bin:/bin"},
-    )
-    assert finished.returncode == 0, finished.stdout + finished.stderr
-    assert "Concurrency: 2, throughput:" in finished.stdout
