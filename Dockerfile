@@ -28,10 +28,8 @@ SHELL ["/bin/sh", "-eu", "-c"]
 WORKDIR /src
 
 # Dependencies first (their layer survives source changes): the project's runtime dependencies as
-# pyproject.toml lists them, at the versions requirements.lock pins. No test or lint tools.
-# tensorflow-serving-api (protos and stubs only) declares `tensorflow` as a dependency, which would
-# bring the full wheel back next to tensorflow-cpu: it is installed without dependencies (its
-# others, grpcio and protobuf, are ours too). `import tensorflow` is the same with either wheel.
+# pyproject.toml lists them, at the versions requirements.lock pins, but `tensorflow`, which the
+# variant replaces. No test or lint tools. `import tensorflow` is the same with either wheel.
 COPY pyproject.toml requirements.lock deploy/image/constraints.txt ./
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi; \
@@ -41,10 +39,9 @@ RUN --mount=type=secret,id=pip-ca \
         *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 2 ;; \
     esac; \
     python3 -m venv /opt/plexserve; \
-    python3 -c 'import re, tomllib; dependencies = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in dependencies if re.split(r"[^A-Za-z0-9._-]", d)[0] not in ("tensorflow", "tensorflow-serving-api")))' > /tmp/dependencies.txt; \
+    python3 -c 'import re, tomllib; dependencies = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in dependencies if re.split(r"[^A-Za-z0-9._-]", d)[0] != "tensorflow"))' > /tmp/dependencies.txt; \
     /opt/plexserve/bin/pip install --quiet -c requirements.lock -c constraints.txt \
-        -r /tmp/dependencies.txt "$tensorflow"; \
-    /opt/plexserve/bin/pip install --quiet --no-deps -c requirements.lock tensorflow-serving-api
+        -r /tmp/dependencies.txt "$tensorflow"
 
 COPY README.md LICENSE ./
 COPY models ./models

@@ -41,15 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
-from tensorflow_serving.apis import (
-    model_service_pb2,
-    model_service_pb2_grpc,
-    prediction_service_pb2,
-    prediction_service_pb2_grpc,
-)
 
 from plexserve.dataplane import DataPlane
 from plexserve.errors import ServingError
@@ -58,6 +54,7 @@ from plexserve.grpc.oip import InferenceServicer
 from plexserve.grpc.tfserving import ModelServicer, PredictionServicer
 from plexserve.metrics import Metrics
 from plexserve.proto import grpc_service_pb2, grpc_service_pb2_grpc
+from plexserve.proto.tfserving import tf_serving_pb2, tf_serving_pb2_grpc
 from plexserve.repository import ModelRepository, ModelState, ModelVersion, SingleModel
 from plexserve.rest.app import HttpSettings, RestServer
 from plexserve.runner import configure_tensorflow, freeze_startup_objects
@@ -118,6 +115,25 @@ def server_version() -> str:
         return metadata.version("plexserve")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _reflection_pool(files: list[FileDescriptor]) -> DescriptorPool:
+    """One pool holding every service's file and what it imports, for server reflection: TF
+    Serving's stubs live in a pool of their own (plexserve.proto.tfserving), the others in
+    protobuf's default pool."""
+    pool = DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name not in added:
+            added.add(file.name)
+            for dependency in file.dependencies:
+                add(dependency)
+            pool.AddSerializedFile(file.serialized_pb)
+
+    for file in files:
+        add(file)
+    return pool
 
 
 class Server:
@@ -237,22 +253,23 @@ class Server:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, server_version(), self.ready), server
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        tf_serving_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.dataplane), server
         )
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        tf_serving_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.dataplane), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        files = [
+            grpc_service_pb2.DESCRIPTOR,
+            tf_serving_pb2.DESCRIPTOR,
+            health_pb2.DESCRIPTOR,
+            reflection_pb2.DESCRIPTOR,
+        ]
         reflection.enable_server_reflection(
-            [
-                grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-                prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-                model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
+            [service.full_name for file in files for service in file.services_by_name.values()],
             server,
+            pool=_reflection_pool(files),
         )
         return server
 

@@ -1,9 +1,9 @@
 """`plexserve bench`: a client-side load generator for a running server, and its reports.
 
 Who calls this: `service/cli.py` (`plexserve bench`) through `service.bench.command.run_command`,
-and the scripts under `bench/`. Nothing here imports TensorFlow for `--protocol v2`: a bench
+and the scripts under `bench/`. Nothing here imports TensorFlow, for either protocol: a bench
 process (and every load process it spawns) holds only numpy, grpc and the generated protocol
-stubs. `--protocol tfserving` imports `tfserving`, whose TF Serving messages import TensorFlow.
+stubs (TF Serving's are plexserve's own, protos/tfserving/).
 
 Modules, in the order a run uses them:
   options         flags, durations ("500ms", "2s", "1m"), the validated BenchSettings

@@ -7,7 +7,7 @@ answering with the gRPC status code name ("OK", "NOT_FOUND", ...) instead of rai
 
 `V2Protocol` speaks the Open Inference Protocol v2 over grpc.aio; `TFServingProtocol`
 (service/bench/tfserving.py) speaks TF Serving's PredictionService, and is imported only when
-`--protocol tfserving` is asked for, since its messages import TensorFlow. A protocol plugs in
+`--protocol tfserving` is asked for. A protocol plugs in
 by implementing the four methods and adding a factory to `PROTOCOLS`. Instances are bound to
 the event loop that first uses them.
 """
@@ -138,7 +138,7 @@ class V2Protocol(BenchProtocol):
 
 
 def _tfserving(target: str, model: str, version: str) -> BenchProtocol:
-    from plexserve.bench.tfserving import TFServingProtocol  # imports TensorFlow's protos
+    from plexserve.bench.tfserving import TFServingProtocol
 
     return TFServingProtocol(target, model, version)
 

@@ -1,9 +1,8 @@
 """`--protocol tfserving`: the load generator's client of TF Serving's PredictionService.
 
-Imported only when that protocol is asked for (`protocols.open_protocol`): TF Serving's messages
-come from tensorflow-serving-api, whose modules import TensorFlow's own protos and with them the
-`tensorflow` package (about 2 s and a few hundred MB per load process, before any step). The v2
-client, and `service.bench` as a whole, never import it. Tensor encoding is the server codec's
+Imported only when that protocol is asked for (`protocols.open_protocol`). TF Serving's messages
+are plexserve's own stubs (protos/tfserving/), which import no TensorFlow: a load process stays
+small and starts at once. Tensor encoding is the server codec's
 (service/codecs/tfserving.py): TF Serving's own layout, numbers in tensor_content and strings in
 string_val. Instances are bound to the event loop that first uses them.
 """
@@ -15,15 +14,11 @@ from typing import Any
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    model_pb2,
-    prediction_service_pb2_grpc,
-)
 
 from plexserve.bench import BenchError
 from plexserve.bench.protocols import MAX_MESSAGE_BYTES, BenchProtocol, InputSpec
 from plexserve.codecs import tfserving as codec
+from plexserve.proto.tfserving import tf_serving_pb2, tf_serving_pb2_grpc
 from plexserve.signature import datatype_of
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -49,17 +44,17 @@ class TFServingProtocol(BenchProtocol):
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._stub = tf_serving_pb2_grpc.PredictionServiceStub(self._channel)
         # No serializers: requests go out as the bytes build_request made, answers stay bytes.
         self._predict = self._channel.unary_unary(PREDICT)
-        self._spec = model_pb2.ModelSpec(name=model, version_label=self.label)
+        self._spec = tf_serving_pb2.ModelSpec(name=model, version_label=self.label)
         if self.version:
             self._spec.version.value = int(self.version)
 
     async def metadata(self) -> list[InputSpec]:
         """The inputs of the "serving_default" SignatureDef, sorted by name. A one-scalar-per-row
         input stays as TF Serving publishes it, [-1] (v2 publishes [-1, 1])."""
-        request = get_model_metadata_pb2.GetModelMetadataRequest(
+        request = tf_serving_pb2.GetModelMetadataRequest(
             model_spec=self._spec, metadata_field=[codec.SIGNATURE_DEF]
         )
         where = f"model metadata of '{self.model}' from {self.target}"
@@ -67,7 +62,7 @@ class TFServingProtocol(BenchProtocol):
             response = await self._stub.GetModelMetadata(request, timeout=10)
         except grpc.aio.AioRpcError as error:
             raise BenchError(f"{where}: {error.code().name}: {error.details()}") from None
-        signatures = get_model_metadata_pb2.SignatureDefMap()
+        signatures = tf_serving_pb2.SignatureDefMap()
         if not response.metadata[codec.SIGNATURE_DEF].Unpack(signatures):
             raise BenchError(f"{where}: metadata['{codec.SIGNATURE_DEF}'] is not a SignatureDefMap")
         if SERVING_SIGNATURE not in signatures.signature_def:

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from google.protobuf import json_format, wrappers_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
-from tensorflow_serving.apis import model_pb2
 
 from plexserve.codecs.arrays import from_json_numbers, from_json_strings
 from plexserve.codecs.oip_json import dumps, loads
 from plexserve.codecs.tfserving import signature_def_map
 from plexserve.errors import InvalidInput, name_list
+from plexserve.proto.tfserving import tf_serving_pb2
 from plexserve.signature import Signature, Tensors
 
 INSTANCES, INPUTS = "instances", "inputs"
@@ -199,7 +199,7 @@ def status_json(response: Message) -> bytes:
 
 def metadata_json(name: str, version: int, signature_name: str, signature: Signature) -> bytes:
     """GET .../metadata as TF Serving answers it: the model spec and the SignatureDefMap."""
-    spec = model_pb2.ModelSpec(name=name, version=wrappers_pb2.Int64Value(value=version))
+    spec = tf_serving_pb2.ModelSpec(name=name, version={"value": version})
     return dumps(
         {
             "model_spec": _message_json(spec),

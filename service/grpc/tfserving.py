@@ -16,18 +16,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
 
 from plexserve.codecs import tfserving as codec
 from plexserve.dataplane import DataPlane
 from plexserve.errors import InvalidInput, ModelNotFound, Unimplemented, name_list
 from plexserve.grpc.boundary import grpc_errors, status_of
+from plexserve.proto.tfserving import tf_serving_pb2, tf_serving_pb2_grpc
 from plexserve.runner import SERVING_SIGNATURE
 from plexserve.tracing import REQUEST_ID, given, metadata_value
 
@@ -48,7 +42,7 @@ _USE_PREDICT = (
 )
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+class PredictionServicer(tf_serving_pb2_grpc.PredictionServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dataplane = dataplane
         self._tracing = dataplane.tracing
@@ -56,11 +50,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def _predict(
         self,
-        request: predict_pb2.PredictRequest,
+        request: tf_serving_pb2.PredictRequest,
         timeout: float | None,
         request_id: Callable[[], str] | None = None,
         trace: RequestTrace | None = None,
-    ) -> predict_pb2.PredictResponse:
+    ) -> tf_serving_pb2.PredictResponse:
         name, version, label = codec.decode_model_spec(request.model_spec)
         result = await self._dataplane.infer(
             name,
@@ -85,8 +79,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     async def Predict(
-        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> predict_pb2.PredictResponse:
+        self, request: tf_serving_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> tf_serving_pb2.PredictResponse:
         if self._observed:
             return await self._observed_predict(request, context)
         # The boundary of `grpc_errors`, inlined: every request passes here.
@@ -98,8 +92,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         raise AssertionError("abort raises")
 
     async def _observed_predict(
-        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> predict_pb2.PredictResponse:
+        self, request: tf_serving_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> tf_serving_pb2.PredictResponse:
         """Predict with its request id at hand and, when it is sampled, traced."""
         trace = None
         if self._tracing is None:  # access log only: the id is read if a line is written
@@ -128,9 +122,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     @grpc_errors
     async def GetModelMetadata(
         self,
-        request: get_model_metadata_pb2.GetModelMetadataRequest,
+        request: tf_serving_pb2.GetModelMetadataRequest,
         context: grpc.aio.ServicerContext,
-    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    ) -> tf_serving_pb2.GetModelMetadataResponse:
         if not request.HasField("model_spec"):
             raise InvalidInput("Missing ModelSpec")
         codec.check_metadata_fields(request.metadata_field)
@@ -154,16 +148,16 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
 
 
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+class ModelServicer(tf_serving_pb2_grpc.ModelServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._repository = dataplane.repository
 
     @grpc_errors
     async def GetModelStatus(
         self,
-        request: get_model_status_pb2.GetModelStatusRequest,
+        request: tf_serving_pb2.GetModelStatusRequest,
         context: grpc.aio.ServicerContext,
-    ) -> get_model_status_pb2.GetModelStatusResponse:
+    ) -> tf_serving_pb2.GetModelStatusResponse:
         """Every version the repository holds for the model, in its current state (read at each
         call, so it follows loads, swaps and failures); `model_spec.version` picks one. As in
         TF Serving, a version_label does not filter."""
@@ -183,7 +177,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                     f"Could not find version {version} of model {name}; "
                     f"versions: {name_list(v.version for v in self._repository.versions(name))}"
                 )
-        return get_model_status_pb2.GetModelStatusResponse(
+        return tf_serving_pb2.GetModelStatusResponse(
             model_version_status=[
                 codec.model_version_status(mv.version, mv.state, mv.reason) for mv in versions
             ]

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
-from tensorflow_serving.apis import get_model_status_pb2
 
 from plexserve.codecs import tfserving as messages
 from plexserve.codecs import tfserving_json as codec
 from plexserve.dataplane import DataPlane
 from plexserve.errors import ModelNotFound, ServingError, Unimplemented, name_list
+from plexserve.proto.tfserving import tf_serving_pb2
 from plexserve.repository import check_version
 from plexserve.rest.boundary import JSON, observed, read_body
 from plexserve.runner import SERVING_SIGNATURE
@@ -160,7 +160,7 @@ class TfServingRest:
                     f"Could not find version {version} of model {name}; "
                     f"versions: {name_list(v.version for v in self._repository.versions(name))}"
                 )
-        response = get_model_status_pb2.GetModelStatusResponse(
+        response = tf_serving_pb2.GetModelStatusResponse(
             model_version_status=[
                 messages.model_version_status(mv.version, mv.state, mv.reason) for mv in versions
             ]

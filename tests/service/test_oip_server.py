@@ -8,6 +8,7 @@ import struct
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -196,7 +197,26 @@ def test_liveness_readiness_health_and_reflection(server: RunningServer) -> None
         )
     )
     names = {s.name for s in answer.list_services_response.service}
-    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+    assert {
+        "inference.GRPCInferenceService",
+        "tensorflow.serving.PredictionService",
+        "tensorflow.serving.ModelService",
+        "grpc.health.v1.Health",
+    } <= names
+    # every service's file comes with what it imports (TF Serving's stubs have a pool of their
+    # own, the others are in protobuf's default one): what grpcurl needs to build a request
+    for symbol, file in (
+        ("tensorflow.serving.PredictionService", "tf_serving.proto"),
+        ("tensorflow.TensorProto", "tf_framework.proto"),
+        ("inference.GRPCInferenceService", "grpc_service.proto"),
+    ):
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+        answer = next(reflection.ServerReflectionInfo(iter([request])))
+        files = [
+            descriptor_pb2.FileDescriptorProto.FromString(data).name
+            for data in answer.file_descriptor_response.file_descriptor_proto
+        ]
+        assert files[0] == file, (symbol, files, answer.error_response.error_message)
 
 
 def test_repository_index_lists_every_version_with_its_state(server: RunningServer) -> None:
