@@ -3,6 +3,10 @@ TensorFlow's own make_tensor_proto / make_ndarray: real SavedModels, a real serv
 
 from __future__ import annotations
 
+import base64
+import json
+import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -746,3 +750,43 @@ def test_reflection_lists_the_tf_serving_services(server: RunningServer) -> None
     )
     names = {s.name for s in answer.list_services_response.service}
     assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"} <= names
+
+
+def test_grpcurl_predicts_through_reflection_alone(
+    server: RunningServer, demo_models: dict[str, DemoModel]
+) -> None:
+    """grpcurl knows nothing of TF Serving: it reads the messages from server reflection (our
+    own stubs' pool, served beside the OIP protos), writes the request from JSON, and reads the
+    answer back."""
+    tools = Path(__file__).resolve().parents[2] / ".tools-venv" / "bin"
+    grpcurl = shutil.which("grpcurl") or shutil.which("grpcurl", path=str(tools))
+    if grpcurl is None:
+        pytest.skip("grpcurl is not installed (`make tools` installs it into .tools-venv)")
+    model = demo_models["mlp"]
+    features = model.sample(rows=2, seed=5)["features"]
+    request = {
+        "model_spec": {"name": "mlp"},
+        "inputs": {
+            "features": {
+                "dtype": "DT_FLOAT",
+                "tensor_shape": {"dim": [{"size": n} for n in features.shape]},
+                "float_val": features.ravel().tolist(),
+            }
+        },
+    }
+    result = subprocess.run(
+        [grpcurl, "-plaintext", "-d", json.dumps(request), server.address,
+         "tensorflow.serving.PredictionService/Predict"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    probabilities = answer["outputs"]["probabilities"]
+    assert probabilities["dtype"] == "DT_FLOAT"
+    expected = model.predict({"features": features})["probabilities"]
+    assert [int(d["size"]) for d in probabilities["tensor_shape"]["dim"]] == list(expected.shape)
+    raw = base64.b64decode(probabilities["tensor_content"])
+    got = np.frombuffer(raw, "<f4").reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, atol=ATOL)
