@@ -1,16 +1,24 @@
 """Test harness: a real plexserve Server in this process, on port 0, on its own event loop thread;
 a minimal OIP client encoding written independently of the server's codec; a tiny model whose
 output says which version answered; waiting for a condition the test caused; and one HTTP
-request to the server's HTTP port, nothing added."""
+request to the server's HTTP port, nothing added; and `plexserve serve` as a process of its own
+(ServeProcess), for what only a whole process shows: signals, exit status, resource limits."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import os
+import re
+import resource
+import shutil
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +27,8 @@ from typing import Any, TypeVar
 import grpc
 import keras
 import numpy as np
+from grpc_health.v1 import health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from plexserve.loop import ServingEventLoop
 from plexserve.proto import grpc_service_pb2 as pb
@@ -180,3 +190,91 @@ def rest(
         return Reply(response.status, dict(response.getheaders()), response.read())
     finally:
         connection.close()
+
+
+def plexserve_command() -> list[str]:
+    script = shutil.which("plexserve", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "plexserve"]
+
+
+class ServeProcess:
+    """`plexserve serve` in a process of its own, on free ports; its log lines are collected as
+    they come. `open_files`: the process's limit on open files (RLIMIT_NOFILE), else inherited."""
+
+    def __init__(self, repository: Path, *flags: str, open_files: int | None = None) -> None:
+        def limit_files() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+        self.process = subprocess.Popen(
+            [
+                *plexserve_command(),
+                "serve",
+                f"--repo={repository}",
+                "--host=127.0.0.1",
+                "--grpc-port=0",
+                "--http-port=0",
+                *flags,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=limit_files,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.grpc_port = int(self.wait_for_line(r"gRPC listening on [\d.]+:(\d+)").group(1))
+        self.http_port = int(self.wait_for_line(r"HTTP listening on [\d.]+:(\d+)").group(1))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.lines.append("<EOF>")
+            self._changed.notify_all()
+
+    def wait_for_line(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        """The first log line matching `pattern` (fails if the process ends without one)."""
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            return next(filter(None, map(regex.search, self.lines)), None)
+
+        with self._changed:
+            ended = self._changed.wait_for(lambda: found() or "<EOF>" in self.lines, timeout)
+            match = found()
+            assert match, f"no log line matches {pattern!r}; log:\n" + "\n".join(self.lines)
+            assert ended
+            return match
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`."""
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.http_port}/metrics", timeout=10
+        ).read()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples
+            if s.name == name and labels.items() <= s.labels.items()
+        )
+
+    def inflight(self) -> float:
+        return self.metric("plexserve_inflight_requests")
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        self._reader.join(10)

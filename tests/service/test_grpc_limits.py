@@ -5,11 +5,7 @@ nothing floods the log)."""
 from __future__ import annotations
 
 import http.client
-import re
-import resource
 import socket
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -19,8 +15,7 @@ import pytest
 from plexserve.export import export_model
 from plexserve.proto import grpc_service_pb2 as pb
 from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
-from tests.harness import RunningServer, constant_model, wait_until
-from tests.service.test_shutdown import plexserve_command
+from tests.harness import RunningServer, ServeProcess, constant_model, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -49,37 +44,11 @@ def test_held_grpc_connections_leave_health_and_the_log_alone(repository: Path) 
     gRPC port closes new connections at once, health still answers on the HTTP port, grpc
     does not log a line per accept() retry, and gRPC serves again once they are gone."""
 
-    def limit_files() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (384, 384))
-
-    process = subprocess.Popen(
-        [
-            *plexserve_command(),
-            "serve",
-            f"--repo={repository}",
-            "--host=127.0.0.1",
-            "--grpc-port=0",
-            "--http-port=0",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=limit_files,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"},
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
-    reader.start()
+    server = ServeProcess(repository, open_files=384)
+    lines = server.lines
     try:
-
-        def port(pattern: str) -> int:
-            wait_until(lambda: any(re.search(pattern, line) for line in lines), 120)
-            return int(next(m.group(1) for line in lines if (m := re.search(pattern, line))))
-
-        http_port = port(r"HTTP listening on [\d.]+:(\d+)")
-        grpc_port = port(r"gRPC listening on [\d.]+:(\d+)")
-        wait_until(lambda: any("m version 1: WARMING -> AVAILABLE" in line for line in lines))
+        http_port, grpc_port = server.http_port, server.grpc_port
+        server.wait_for_line("m version 1: WARMING -> AVAILABLE")
         before = len(lines)
         held = [socket.create_connection(("127.0.0.1", grpc_port), timeout=10) for _ in range(300)]
         time.sleep(3)  # long enough for grpc to retry accept() a few times, were it out of files
@@ -104,8 +73,7 @@ def test_held_grpc_connections_leave_health_and_the_log_alone(repository: Path) 
             sock.close()
         wait_until(lambda: _answers(live))
     finally:
-        process.kill()
-        process.wait(30)
+        server.close()
 
 
 def _answers(call: object) -> bool:

@@ -7,11 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import re
-import resource
 import socket
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +21,16 @@ import pytest
 from plexserve.export import export_model
 from plexserve.proto import grpc_service_pb2 as pb
 from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
-from tests.harness import Reply, RunningServer, infer_request, output_arrays, rest, wait_until
+from tests.harness import (
+    Reply,
+    RunningServer,
+    ServeProcess,
+    infer_request,
+    output_arrays,
+    rest,
+    wait_until,
+)
 from tests.service.test_observability import sample, scrape
-from tests.service.test_shutdown import plexserve_command
 
 LIMIT = 2048
 Start = Callable[..., RunningServer]
@@ -251,38 +254,12 @@ def test_stalled_clients_cannot_take_every_file_descriptor(repository: Path) -> 
     what is left after 128 reserved), the rest a 503; gRPC still accepts; the silent ones are
     cut off after the read timeout, and the refusals are logged once, not once per connection."""
 
-    def limit_files() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (384, 384))
-
-    process = subprocess.Popen(
-        [
-            *plexserve_command(),
-            "serve",
-            f"--repo={repository}",
-            "--host=127.0.0.1",
-            "--grpc-port=0",
-            "--http-port=0",
-            "--http-read-timeout=2",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=limit_files,
-        env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"},
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
-    reader.start()
+    server = ServeProcess(repository, "--http-read-timeout=2", open_files=384)
+    lines = server.lines
     try:
-
-        def port(pattern: str) -> int:
-            wait_until(lambda: any(re.search(pattern, line) for line in lines), 120)
-            return int(next(m.group(1) for line in lines if (m := re.search(pattern, line))))
-
-        http_port = port(r"HTTP listening on [\d.]+:(\d+) .*at most 128 connections")
-        grpc_port = port(r"gRPC listening on [\d.]+:(\d+)")
-        wait_until(lambda: any("merged version 1: WARMING -> AVAILABLE" in line for line in lines))
+        server.wait_for_line(r"HTTP listening on [\d.]+:\d+ .*at most 128 connections")
+        http_port, grpc_port = server.http_port, server.grpc_port
+        server.wait_for_line("merged version 1: WARMING -> AVAILABLE")
         silent = [
             socket.create_connection(("127.0.0.1", http_port), timeout=10) for _ in range(300)
         ]
@@ -309,8 +286,7 @@ def test_stalled_clients_cannot_take_every_file_descriptor(repository: Path) -> 
         connection.close()
         assert sum("connections open, the limit" in line for line in lines) == 1
     finally:
-        process.kill()
-        process.wait(30)
+        server.close()
 
 
 def test_the_access_log_names_the_rest_protocol(

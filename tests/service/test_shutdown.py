@@ -11,14 +11,8 @@ gauge), never slept for.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,20 +25,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from plexserve.export import export_model
 from plexserve.proto import grpc_service_pb2 as pb
-from plexserve.proto import grpc_service_pb2_grpc as pb_grpc
-from tests.harness import RunningServer, infer_request, output_arrays, rest
+from tests.harness import RunningServer, ServeProcess, infer_request, output_arrays, rest
 from tests.service.test_lifecycle import wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 BLOCKER_ROWS = 16_000  # 2000 executions of 8 rows: about 2 s here, more on a busy machine
 IN_FLIGHT = 50
-STARTUP_SECONDS = 120
 
 
 def slow_model() -> keras.Model:
@@ -69,88 +60,6 @@ def slow_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, flo
     )
     expected = float(np.asarray(model(rows(1))["y"])[0, 0])
     return root, expected
-
-
-def plexserve_command() -> list[str]:
-    script = shutil.which("plexserve", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "service"]
-
-
-class ServeProcess:
-    """`plexserve serve` on free ports; its log lines are collected as they come."""
-
-    def __init__(self, repository: Path, *flags: str) -> None:
-        self.process = subprocess.Popen(
-            [
-                *plexserve_command(),
-                "serve",
-                f"--repo={repository}",
-                "--host=127.0.0.1",
-                "--grpc-port=0",
-                "--http-port=0",
-                *flags,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.grpc_port = int(self.wait_for_line(r"gRPC listening on [\d.]+:(\d+)").group(1))
-        self.http_port = int(self.wait_for_line(r"HTTP listening on [\d.]+:(\d+)").group(1))
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self.lines.append("<EOF>")
-            self._changed.notify_all()
-
-    def wait_for_line(self, pattern: str, timeout: float = STARTUP_SECONDS) -> re.Match[str]:
-        """The first log line matching `pattern` (fails if the process ends without one)."""
-        regex = re.compile(pattern)
-
-        def found() -> re.Match[str] | None:
-            return next(filter(None, map(regex.search, self.lines)), None)
-
-        with self._changed:
-            ended = self._changed.wait_for(lambda: found() or "<EOF>" in self.lines, timeout)
-            match = found()
-            assert match, f"no log line matches {pattern!r}; log:\n" + "\n".join(self.lines)
-            assert ended
-            return match
-
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of the samples of `name` whose labels include `labels`."""
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{self.http_port}/metrics", timeout=10
-        ).read()
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(text.decode())
-            for s in family.samples
-            if s.name == name and labels.items() <= s.labels.items()
-        )
-
-    def inflight(self) -> float:
-        return self.metric("plexserve_inflight_requests")
-
-    def close(self) -> None:
-        self.channel.close()
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(30)
-        self._reader.join(10)
 
 
 @pytest.fixture
