@@ -222,23 +222,15 @@ class OipRest:
             trace=trace,
         )
         assert parsed is not None
-        if trace is None:
-            body, header_length = codec.encode_infer_response(
-                result.model.name,
-                str(result.model.version),
-                parsed,
-                result.outputs,
-                result.model.signature,
-            )
-        else:
-            started = time.monotonic()
-            body, header_length = codec.encode_infer_response(
-                result.model.name,
-                str(result.model.version),
-                parsed,
-                result.outputs,
-                result.model.signature,
-            )
+        started = time.monotonic() if trace is not None else 0.0
+        body, header_length = codec.encode_infer_response(
+            result.model.name,
+            str(result.model.version),
+            parsed,
+            result.outputs,
+            result.model.signature,
+        )
+        if trace is not None:
             trace.encoded(started)
         if header_length is None:
             return web.Response(body=body, content_type=JSON)
