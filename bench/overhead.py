@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -118,9 +118,16 @@ def started(
 
 
 def measure(
-    server: Server, model: str, concurrency: int, interval_ms: int, stability: int = 50
+    server: Server,
+    model: str,
+    concurrency: int,
+    interval_ms: int,
+    stability: int = 50,
+    cpu: Callable[[], dict[str, float]] | None = None,
 ) -> Result:
-    """`stability`: perf_analyzer's -s, the spread (percent) between windows it accepts."""
+    """`stability`: perf_analyzer's -s, the spread (percent) between windows it accepts.
+    `cpu`: CPU seconds so far by name (default: the server process's threads)."""
+    read_cpu = cpu or (lambda: thread_cpu(server.pid))
     command, env = perf_analyzer()
     command += ["-m", model, "-u", server.target, "-i", "grpc", "--input-data", "zero"]
     command += ["--concurrency-range", str(concurrency), "-p", str(interval_ms)]
@@ -130,7 +137,7 @@ def measure(
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as pa:
         time.sleep(interval_ms / 1000)  # the first window: warm-up, not sampled
         while pa.poll() is None:
-            samples.append((time.monotonic(), thread_cpu(server.pid)))
+            samples.append((time.monotonic(), read_cpu()))
             time.sleep(0.25)
         text = pa.stdout.read().decode() if pa.stdout else ""
     if pa.returncode != 0:

@@ -101,6 +101,12 @@ def _registry(modules: Sequence[str]):  # type: ignore[no-untyped-def]
     return default_registry
 
 
+def _non_negative_int(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a whole number 0 or more")
+
+
 def _device(text: str) -> str:
     if text in ("auto", "cpu") or (text.startswith("gpu:") and text[4:].isdigit()):
         return text
@@ -174,7 +180,6 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
 
     tls = tls_files(args.tls_cert, args.tls_key, args.tls_client_ca)
     single = single_model(args)
-    _registry(args.builders_module)
     batching = {
         key: value
         for key, value in [
@@ -223,8 +228,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from plexserve.loop import ServingEventLoop
     from plexserve.server import serve
 
+    settings = server_settings(args)
+    if args.workers:  # (this process imports no TensorFlow: the model process does)
+        from plexserve.supervisor import Supervisor
+
+        supervisor = Supervisor(
+            settings, args.workers, args.log_level, args.log_format, tuple(args.builders_module)
+        )
+        return asyncio.run(supervisor.run())
+    _registry(args.builders_module)
     with asyncio.Runner(loop_factory=ServingEventLoop) as runner:
-        runner.run(serve(server_settings(args)))
+        runner.run(serve(settings))
     return 0
 
 
@@ -344,6 +358,14 @@ def parser() -> argparse.ArgumentParser:
         default=8500,
         metavar="PORT",
         help="gRPC: the Open Inference Protocol v2, TF Serving's API, health, reflection",
+    )
+    sub.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="N front-end processes serve the gRPC port (SO_REUSEPORT) in front of one model "
+        "process that holds the models and the HTTP port; 0: one process does everything",
     )
     sub.add_argument(
         "--grace-period",
@@ -611,6 +633,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     if args.command in CLIENT_COMMANDS:  # before the imports below: they load TensorFlow
         return int(args.run(args))
+    if args.command == "serve" and args.workers:
+        from plexserve.settings import SettingsError
+
+        try:
+            return int(args.run(args))
+        except SettingsError as error:
+            print(f"plexserve serve: {error}", file=sys.stderr)
+            return 2
     from plexserve.errors import ServingError
     from plexserve.export import ExportError
     from plexserve.models.registry import BuilderError

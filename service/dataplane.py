@@ -22,15 +22,14 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
 from plexserve.errors import InvalidInput, ServingError, ShuttingDown, SignatureNotFound
-from plexserve.metrics import UNKNOWN_MODEL, Metrics
+from plexserve.metrics import UNKNOWN_MODEL
 from plexserve.repository import ModelRepository, ModelVersion
-from plexserve.runner import SERVING_SIGNATURE
-from plexserve.signature import Tensors
+from plexserve.signature import SERVING_SIGNATURE, Tensors
 from plexserve.stats import InflightCounter
 
 if TYPE_CHECKING:
@@ -43,6 +42,15 @@ OK = grpc.StatusCode.OK
 Decode = Callable[[], tuple[Tensors, Sequence[str]]]
 
 
+class UnresolvedObserver(Protocol):
+    """Counts requests answered before a version was resolved: the Prometheus metrics in the
+    process that has them, a worker's counters shipped to the model process otherwise."""
+
+    def observe_unresolved(
+        self, model: str, version: str, protocol: str, code: grpc.StatusCode, seconds: float
+    ) -> None: ...
+
+
 @dataclass(frozen=True)
 class InferResult:
     model: ModelVersion
@@ -53,7 +61,7 @@ class DataPlane:
     def __init__(
         self,
         repository: ModelRepository,
-        metrics: Metrics | None = None,
+        metrics: UnresolvedObserver | None = None,
         access_log_sample: float = 0.0,
         tracing: Tracing | None = None,
     ) -> None:

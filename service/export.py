@@ -20,8 +20,8 @@ import keras
 
 from plexserve.errors import UnsupportedModel
 from plexserve.repository import check_model_name
-from plexserve.runner import SERVING_SIGNATURE, read_signature
-from plexserve.signature import Signature
+from plexserve.runner import read_signature
+from plexserve.signature import SERVING_SIGNATURE, Signature
 
 _AUTO_NAME = re.compile(r"^(keras_tensor|input_layer)(_\d+)?$")
 

@@ -11,6 +11,7 @@ the batcher then dispatches at the next iteration.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import selectors
 from collections.abc import Callable
@@ -44,3 +45,13 @@ class ServingEventLoop(asyncio.SelectorEventLoop):
     def call_when_idle(self, callback: Callable[[], None]) -> None:
         """Run `callback` (once) when the loop next runs out of ready work."""
         self._idle_selector.idle.append(callback)
+
+
+def freeze_startup_objects() -> int:
+    """Move every object alive now (TensorFlow's modules: ~320k objects) out of the garbage
+    collector's sight: a full collection then takes ~10 ms instead of ~120 ms with the GIL
+    held, a stall every request would otherwise feel. Call once, before any model loads, so
+    that models stay collectable. Returns the number of objects frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from plexserve.repository import ModelState, ModelVersion
-from plexserve.stats import ExecutionStats, Histogram, merged
+from plexserve.stats import ExecutionStats, Histogram, add_requests, merged
 
 UNKNOWN_MODEL = "(unknown)"
 Labels = tuple[str, str]  # model, version
@@ -83,6 +83,12 @@ class Metrics:
         if stats is None:
             stats = self._unresolved[(model, version)] = ExecutionStats()
         stats.observe_request(protocol, code, 0, seconds)
+
+    def add_requests(self, model: str, version: str, part: ExecutionStats) -> None:
+        """Per-request counters of a version no longer loaded (a worker process answered them
+        before it went): they join the series of that version's past lifetimes."""
+        gone = self._gone.setdefault((model, version), ExecutionStats())
+        add_requests(gone, part)
 
     def on_state_change(self, model: ModelVersion, previous: ModelState, seconds: float) -> None:
         """Publish a version's new state; record how long LOADING / WARMING took."""

@@ -28,7 +28,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +42,6 @@ from plexserve.errors import (
     name_list,
     without_paths,
 )
-from plexserve.runner import SignatureRunner
 from plexserve.settings import (
     BatchingSettings,
     ModelSettings,
@@ -55,14 +54,17 @@ from plexserve.stats import ExecutionStats, InflightCounter
 
 if TYPE_CHECKING:
     from plexserve.otel import RequestTrace, Tracing
+    from plexserve.runner import SignatureRunner
 
 log = logging.getLogger(__name__)
 
-RunnerLoader = Callable[[Path, int], SignatureRunner]
+RunnerLoader = Callable[[Path, int], "SignatureRunner"]
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def load_runner(path: Path, threads: int) -> SignatureRunner:
+    from plexserve.runner import SignatureRunner  # (TensorFlow: the model process only)
+
     return SignatureRunner.load(path, threads=threads)
 
 
@@ -289,6 +291,8 @@ class ModelRepository:
         # Start-up: models the server will load and has not reached yet. `resolve` answers
         # them UNAVAILABLE (retry), not NOT_FOUND (a client's mistake, not retried).
         self.pending: set[str] = set()
+        # Worker mode: have the workers ship their per-request counters (service/model_process.py)
+        self.flush_counters: Callable[[], Awaitable[None]] | None = None
 
     # --- where models are on disk: ROOT/NAME/VERSION, or the one SingleModel ---
 
@@ -352,6 +356,30 @@ class ModelRepository:
         for name in sorted(set(self._scan()) - set(self._models)):
             entries.append(IndexEntry(name, "", "UNAVAILABLE", "not loaded"))
         return entries
+
+    async def current_index(self) -> list[IndexEntry]:
+        """`index()`, for front ends that may run in a worker process (where it is asked of the
+        model process)."""
+        return self.index()
+
+    async def statistics(
+        self, name: str = "", version: str = ""
+    ) -> list[tuple[ModelVersion, ExecutionStats]]:
+        """Every loaded version of `name` ("": of every model) at `version` ("": every one),
+        with its counters, every request answered so far counted (in worker mode the workers
+        ship theirs first: `flush_counters`)."""
+        versions = [
+            mv
+            for model in ([name] if name else list(self))
+            for mv in self.versions(model)
+            if not version or str(mv.version) == version
+        ]
+        return list(zip(versions, await self._counters(versions), strict=True))
+
+    async def _counters(self, versions: list[ModelVersion]) -> list[ExecutionStats]:
+        if self.flush_counters is not None:
+            await self.flush_counters()
+        return [mv.stats for mv in versions]
 
     def resolve(self, name: str, version: str = "", field: str = "model_version") -> ModelVersion:
         """The version that serves (name, version); "" = the newest AVAILABLE version. A version

@@ -29,7 +29,7 @@ from tensorflow.python.saved_model import loader_impl
 from plexserve.cpu import AvailableCpus, available_cpus, whole_cpus
 from plexserve.errors import ExecutionFailed, InvalidInput, QueueDeadlineExceeded, UnsupportedModel
 from plexserve.settings import SettingsError
-from plexserve.signature import OIP_DATATYPES, Signature, Tensors, TensorSpec
+from plexserve.signature import OIP_DATATYPES, SERVING_SIGNATURE, Signature, Tensors, TensorSpec
 from plexserve.stats import ExecutionObserver
 from plexserve.threads import name_thread
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVING_SIGNATURE = "serving_default"
 _SUPPORTED = set(OIP_DATATYPES.values())
 
 
@@ -383,13 +382,3 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the collection alone still frees the cycles
         pass
-
-
-def freeze_startup_objects() -> int:
-    """Move every object alive now (TensorFlow's modules: ~320k objects) out of the garbage
-    collector's sight: a full collection then takes ~10 ms instead of ~120 ms with the GIL
-    held, a stall every request would otherwise feel. Call once, before any model loads, so
-    that models stay collectable. Returns the number of objects frozen."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()

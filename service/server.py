@@ -49,15 +49,17 @@ from prometheus_client import CollectorRegistry
 
 from plexserve.dataplane import DataPlane
 from plexserve.errors import ServingError
+from plexserve.frontend import MirrorRepository, ModelLink
 from plexserve.grpc.limits import connection_options
 from plexserve.grpc.oip import InferenceServicer
 from plexserve.grpc.tfserving import ModelServicer, PredictionServicer
+from plexserve.loop import freeze_startup_objects
 from plexserve.metrics import Metrics
+from plexserve.model_process import HopServer
 from plexserve.proto import grpc_service_pb2, grpc_service_pb2_grpc
 from plexserve.proto.tfserving import tf_serving_pb2, tf_serving_pb2_grpc
 from plexserve.repository import ModelRepository, ModelState, ModelVersion, SingleModel
 from plexserve.rest.app import HttpSettings, RestServer
-from plexserve.runner import configure_tensorflow, freeze_startup_objects
 from plexserve.settings import ServerConfig, SettingsError
 from plexserve.threads import name_thread
 from plexserve.tls import CertificateReloader, TlsFiles, server_credentials
@@ -108,6 +110,11 @@ class ServerSettings:
     # Set: serve this one model from its own folder (KServe's /mnt/models), not a repository.
     single_model: SingleModel | None = None
     tracing: TracingSettings = field(default_factory=TracingSettings)  # default: off
+    # `plexserve serve --workers N` (service/supervisor.py): "model" is the process with the
+    # models and the HTTP port, "frontend" one of the worker processes on the gRPC port; they
+    # speak over the Unix socket `hop`. "single": one process does everything.
+    role: str = "single"
+    hop: str = ""
 
 
 def server_version() -> str:
@@ -141,19 +148,33 @@ class Server:
         self.settings = settings
         # None when off: then OpenTelemetry is not even imported.
         self.tracing = start_tracing(settings.tracing, server_version())
-        self.repository = ModelRepository(
-            settings.repository,
-            settings.config,
-            dict(settings.model_flags),
-            single_model=settings.single_model,
-            tracing=self.tracing,
-        )
         self.registry = settings.registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.repository.listeners.append(self.metrics.on_state_change)
-        self.dataplane = DataPlane(
-            self.repository, self.metrics, settings.access_log_sample, self.tracing
-        )
+        self.hop: HopServer | None = None  # the model process of worker mode
+        self.link: ModelLink | None = None  # a worker process
+        if settings.role == "frontend":
+            mirror = MirrorRepository()
+            mirror.on_change = self._on_mirror_change
+            self.link = ModelLink(settings.hop, mirror)
+            self.repository: ModelRepository = mirror
+            self.dataplane = DataPlane(mirror, mirror, settings.access_log_sample, self.tracing)
+        else:
+            self.repository = ModelRepository(
+                settings.repository,
+                settings.config,
+                dict(settings.model_flags),
+                single_model=settings.single_model,
+                tracing=self.tracing,
+            )
+            self.repository.listeners.append(self.metrics.on_state_change)
+            self.dataplane = DataPlane(
+                self.repository, self.metrics, settings.access_log_sample, self.tracing
+            )
+        if settings.role == "model":
+            self.hop = HopServer(
+                settings.hop, self.repository, self.metrics, self.ready, lambda: self._serving
+            )
+            self.repository.flush_counters = self.hop.flush
         self.http = RestServer(
             self.dataplane,
             self.registry,
@@ -165,6 +186,7 @@ class Server:
                 read_timeout=settings.http_read_timeout,
                 max_connections=settings.http_max_connections,
             ),
+            before_scrape=self.hop.flush if self.hop is not None else None,
         )
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
@@ -195,7 +217,8 @@ class Server:
         credentials = None
         if settings.tls is not None:
             credentials, self.certificates = server_credentials(settings.tls)
-        check_port_free(settings.host, settings.grpc_port, "--grpc-port")  # before the long part
+        if settings.role == "single":  # (worker mode: the supervisor checked and holds it)
+            check_port_free(settings.host, settings.grpc_port, "--grpc-port")
         loop = asyncio.get_running_loop()
         loop.set_default_executor(
             ThreadPoolExecutor(
@@ -205,14 +228,20 @@ class Server:
             )
         )  # loads, warm-ups, closes, repository scans
         self._spawn(self._watch_loop())
-        gpus = configure_tensorflow(
-            settings.intra_op_threads, settings.inter_op_threads, settings.device
-        )
-        log.info("TensorFlow devices: %s", ", ".join(gpus) or "CPU only")
+        if self.link is None:
+            from plexserve.runner import configure_tensorflow
 
-        log.info("froze %d start-up objects out of the garbage collector", freeze_startup_objects())
-        self._grpc = self._grpc_server()
-        await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
+            gpus = configure_tensorflow(
+                settings.intra_op_threads, settings.inter_op_threads, settings.device
+            )
+            log.info("TensorFlow devices: %s", ", ".join(gpus) or "CPU only")
+        froze = freeze_startup_objects()
+        log.info("froze %d start-up objects out of the garbage collector", froze)
+        if self.hop is None:
+            self._grpc = self._grpc_server()
+            await self._health.set("", NOT_SERVING)  # (the servicer starts out saying SERVING)
+        else:
+            await self.hop.start()
         if settings.http_port is not None:
             try:
                 await self.http.start(settings.host, settings.http_port)
@@ -223,7 +252,16 @@ class Server:
                 ) from None
         if settings.single_model is not None:
             log.info("serving %s", settings.single_model.describe())
-        await self._load_models()
+        if self.link is not None:  # a worker: the model process loads, and says when it is done
+            await self.link.start()
+            await self.repository.settled.wait()  # type: ignore[attr-defined]
+        else:
+            await self._load_models()
+        if self._grpc is None:  # the model process: the workers open the gRPC port
+            self._serving = True
+            assert self.hop is not None
+            self.hop.changed()
+            return
         security = self._listen(self._grpc, credentials)
         self._serving = True
         await self._publish_health()
@@ -240,7 +278,9 @@ class Server:
             ("grpc.max_send_message_length", limit),
             # grpcio shares ports by default: a second server on a busy port would bind
             # silently and take half of the new connections. Off, binding a busy port fails.
-            ("grpc.so_reuseport", 0),
+            # Worker mode: every worker listens on the port, on purpose; the kernel spreads
+            # the connections over them.
+            ("grpc.so_reuseport", int(self.settings.role == "frontend")),
             *connection_options(self.settings.max_connection_idle),
         ]
         if self.settings.max_connection_age:
@@ -322,6 +362,11 @@ class Server:
         if not self._stopping:
             self._spawn(self._publish_health())
 
+    def _on_mirror_change(self) -> None:
+        """A worker: the model process pushed new states, or went away."""
+        if not self._stopping and self._serving:
+            self._spawn(self._publish_health())
+
     async def _publish_health(self) -> None:
         """grpc.health.v1: "" follows server readiness, a model's name that model's."""
         if self._stopping:
@@ -344,6 +389,8 @@ class Server:
             return
         self._stopping = True
         began = time.monotonic()
+        if self.hop is not None:
+            self.hop.changed()  # the workers' readiness follows
         await self._health.enter_graceful_shutdown()
         for task in self._background:
             task.cancel()
@@ -367,6 +414,11 @@ class Server:
             left = await self._drain_grpc(self._grpc, grace, started)
         else:
             left = await self.dataplane.drain(grace)
+        if self.hop is not None:  # the workers drain through this process: wait for them
+            if not await self.hop.wait_for_workers(max(0.0, grace - (time.monotonic() - started))):
+                log.warning("shutdown: workers still connected after the grace period")
+            left += await self.hop.inflight.wait_idle(0)
+            self.hop.close()
         if left:
             log.warning(
                 "shutdown: the grace period (%.1f s) is over: %d requests end UNAVAILABLE",

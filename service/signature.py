@@ -17,6 +17,8 @@ from plexserve.errors import InvalidInput, name_list
 Shape = tuple[int | None, ...]
 _Check = tuple[str, np.dtype, int, "Shape | None", tuple[tuple[int, int], ...], bool]
 Tensors = dict[str, np.ndarray]
+# The one signature plexserve serves of every SavedModel (TF Serving's default key).
+SERVING_SIGNATURE = "serving_default"
 
 # numpy dtype <-> Open Inference Protocol datatype. BYTES is numpy `object` holding `bytes`.
 OIP_DATATYPES: dict[str, np.dtype] = {

@@ -196,3 +196,20 @@ class InflightCounter:
             except TimeoutError:
                 pass
         return self.count
+
+
+def add_requests(into: ExecutionStats, part: ExecutionStats) -> None:
+    """Add the per-request counters of `part` (what a front-end worker process answered) to
+    `into`; the execution counters are the model process's own and stay."""
+    into.success.count += part.success.count
+    into.success.seconds += part.success.seconds
+    into.failure.count += part.failure.count
+    into.failure.seconds += part.failure.seconds
+    into.inferences += part.inferences
+    into.last_inference_ms = max(into.last_inference_ms, part.last_inference_ms)
+    for key, count in part.requests.items():
+        into.requests[key] = into.requests.get(key, 0) + count
+    for protocol, count in part.ok_requests.items():
+        into.ok_requests[protocol] = into.ok_requests.get(protocol, 0) + count
+    for protocol, histogram in part.request_seconds.items():
+        into.request_seconds.setdefault(protocol, Histogram(LATENCY_BUCKETS)).add(histogram)

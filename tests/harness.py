@@ -272,9 +272,53 @@ class ServeProcess:
     def inflight(self) -> float:
         return self.metric("plexserve_inflight_requests")
 
+    def pids(self) -> dict[str, int]:
+        """Worker mode: the newest pid of each child process, by name ("model", "worker 1"),
+        from their first log lines."""
+        with self._changed:
+            lines = list(self.lines)
+        return {
+            m.group(1): int(m.group(2))
+            for m in map(re.compile(r"\] __main__: (model|worker \d+): pid (\d+)").search, lines)
+            if m
+        }
+
+    def connections(self) -> dict[str, int]:
+        """Worker mode: how many client connections each worker process holds on the gRPC
+        port (from /proc: the worker's socket inodes in the ESTABLISHED rows of net/tcp)."""
+        established: set[str] = set()
+        rows = [
+            line
+            for table in ("/proc/net/tcp", "/proc/net/tcp6")  # (clients may map v4 into v6)
+            for line in Path(table).read_text().splitlines()[1:]
+        ]
+        for line in rows:
+            fields = line.split()
+            local_port = int(fields[1].split(":")[1], 16)
+            if local_port == self.grpc_port and fields[3] == "01":
+                established.add(fields[9])
+        counts = {}
+        for name, pid in self.pids().items():
+            inodes = set()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+            counts[name] = len(inodes & established)
+        return counts
+
     def close(self) -> None:
         self.channel.close()
+        children = list(self.pids().values())  # worker mode: they would drain for seconds
         if self.process.poll() is None:
             self.process.kill()
+        for pid in children:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         self.process.wait(30)
         self._reader.join(10)

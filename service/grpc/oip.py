@@ -133,15 +133,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if request.name:
             # NOT_FOUND when unknown
             self._repository.resolve(request.name, request.version, "version")
-            names = [request.name]
-        else:
-            names = list(self._repository)
+        statistics = await self._repository.statistics(request.name, request.version)
         return pb.ModelStatisticsResponse(
             model_stats=[
-                codec.model_statistics(mv.name, mv.version, mv.stats)
-                for name in names
-                for mv in self._repository.versions(name)
-                if not request.version or str(mv.version) == request.version
+                codec.model_statistics(mv.name, mv.version, counters) for mv, counters in statistics
             ]
         )
 
@@ -159,7 +154,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 pb.RepositoryIndexResponse.ModelIndex(
                     name=e.name, version=e.version, state=e.state, reason=e.reason
                 )
-                for e in self._repository.index()
+                for e in await self._repository.current_index()
                 if not request.ready or e.state == ModelState.AVAILABLE.value
             ]
         )

@@ -22,7 +22,7 @@ from plexserve.dataplane import DataPlane
 from plexserve.errors import InvalidInput, ModelNotFound, Unimplemented, name_list
 from plexserve.grpc.boundary import grpc_errors, status_of
 from plexserve.proto.tfserving import tf_serving_pb2, tf_serving_pb2_grpc
-from plexserve.runner import SERVING_SIGNATURE
+from plexserve.signature import SERVING_SIGNATURE
 from plexserve.tracing import REQUEST_ID, given, metadata_value
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import logging
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,8 +135,10 @@ class RestServer:
         live: Callable[[], bool],
         server_version: str,
         settings: HttpSettings | None = None,
+        before_scrape: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._dataplane = dataplane
+        self._before_scrape = before_scrape  # worker mode: the workers ship their counters
         self._registry = registry
         self._ready = ready
         self._live = live
@@ -175,6 +177,8 @@ class RestServer:
         return app
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self._before_scrape is not None:
+            await self._before_scrape()
         response = web.Response(body=generate_latest(self._registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

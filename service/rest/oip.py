@@ -124,13 +124,11 @@ class OipRest:
         name, version = _model_version(request)
         if name:
             self._repository.resolve(name, version)  # NOT_FOUND when unknown
-        names = [name] if name else list(self._repository)
+        statistics = await self._repository.statistics(name, version)
         response = pb.ModelStatisticsResponse(
             model_stats=[
-                messages.model_statistics(mv.name, mv.version, mv.stats)
-                for model in names
-                for mv in self._repository.versions(model)
-                if not version or str(mv.version) == version
+                messages.model_statistics(mv.name, mv.version, counters)
+                for mv, counters in statistics
             ]
         )
         return json_response(codec.message_json(response))
@@ -150,7 +148,9 @@ class OipRest:
         if not isinstance(ready, bool):
             raise InvalidInput(f"ready must be true or false, got {ready!r}")
         return json_response(
-            codec.repository_index_json(self._repository.index(), ready, ModelState.AVAILABLE.value)
+            codec.repository_index_json(
+                await self._repository.current_index(), ready, ModelState.AVAILABLE.value
+            )
         )
 
     def _explicit_only(self) -> None:

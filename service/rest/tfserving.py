@@ -30,8 +30,7 @@ from plexserve.errors import ModelNotFound, ServingError, Unimplemented, name_li
 from plexserve.proto.tfserving import tf_serving_pb2
 from plexserve.repository import check_version
 from plexserve.rest.boundary import JSON, observed, read_body
-from plexserve.runner import SERVING_SIGNATURE
-from plexserve.signature import Tensors
+from plexserve.signature import SERVING_SIGNATURE, Tensors
 
 if TYPE_CHECKING:
     from plexserve.otel import RequestTrace

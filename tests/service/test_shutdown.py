@@ -75,11 +75,15 @@ def serve_process(slow_repository: tuple[Path, float]) -> Iterator[Any]:
         process.close()
 
 
+@pytest.mark.parametrize("workers", [0, 2], ids=["one process", "2 workers"])
 def test_sigterm_serves_through_the_lame_duck_answers_every_accepted_request_and_exits_0(
-    serve_process: Any, slow_repository: tuple[Path, float]
+    serve_process: Any, slow_repository: tuple[Path, float], workers: int
 ) -> None:
+    """The same contract with front-end workers: each worker and the model process drain."""
     grace, lame_duck = 60.0, 5.0  # (a grace long enough for a machine busy with other work)
-    server: ServeProcess = serve_process(f"--grace-period={grace:g}", f"--lame-duck={lame_duck:g}")
+    server: ServeProcess = serve_process(
+        f"--grace-period={grace:g}", f"--lame-duck={lame_duck:g}", f"--workers={workers}"
+    )
     watch = server.health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
     assert next(s.status for s in watch if s.status == SERVING) == SERVING
 
