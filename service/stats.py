@@ -156,12 +156,7 @@ def merged(parts: Iterable[ExecutionStats]) -> ExecutionStats:
     total = ExecutionStats()
     for part in parts:
         total.padding_rows += part.padding_rows
-        for key, count in part.requests.items():
-            total.requests[key] = total.requests.get(key, 0) + count
-        for protocol, count in part.ok_requests.items():
-            total.ok_requests[protocol] = total.ok_requests.get(protocol, 0) + count
-        for protocol, histogram in part.request_seconds.items():
-            total.request_seconds.setdefault(protocol, Histogram(LATENCY_BUCKETS)).add(histogram)
+        _add_request_series(total, part)
         total.queue_seconds.add(part.queue_seconds)
         total.compute_histogram.add(part.compute_histogram)
         total.batch_histogram.add(part.batch_histogram)
@@ -207,6 +202,11 @@ def add_requests(into: ExecutionStats, part: ExecutionStats) -> None:
     into.failure.seconds += part.failure.seconds
     into.inferences += part.inferences
     into.last_inference_ms = max(into.last_inference_ms, part.last_inference_ms)
+    _add_request_series(into, part)
+
+
+def _add_request_series(into: ExecutionStats, part: ExecutionStats) -> None:
+    """Requests by (protocol, code) and their latency histograms: the Prometheus series."""
     for key, count in part.requests.items():
         into.requests[key] = into.requests.get(key, 0) + count
     for protocol, count in part.ok_requests.items():
