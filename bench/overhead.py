@@ -124,13 +124,19 @@ def measure(
     interval_ms: int,
     stability: int = 50,
     cpu: Callable[[], dict[str, float]] | None = None,
+    rate: int | None = None,
 ) -> Result:
     """`stability`: perf_analyzer's -s, the spread (percent) between windows it accepts.
-    `cpu`: CPU seconds so far by name (default: the server process's threads)."""
+    `cpu`: CPU seconds so far by name (default: the server process's threads). `rate`: send
+    this many requests per second instead of keeping `concurrency` in flight."""
     read_cpu = cpu or (lambda: thread_cpu(server.pid))
     command, env = perf_analyzer()
     command += ["-m", model, "-u", server.target, "-i", "grpc", "--input-data", "zero"]
-    command += ["--concurrency-range", str(concurrency), "-p", str(interval_ms)]
+    if rate is None:
+        command += ["--concurrency-range", str(concurrency)]
+    else:
+        command += ["--request-rate-range", str(rate), "--max-threads", str(concurrency)]
+    command += ["-p", str(interval_ms)]
     command += ["-s", str(stability)]
     command += ["--percentile", "99", "--max-trials", "20"]
     samples = []

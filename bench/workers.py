@@ -2,7 +2,7 @@
 Triton's perf_analyzer.
 
 usage: .venv/bin/python bench/workers.py [--workers 0,1,2] [--concurrency 32,64] [--rounds 2]
-           [--interval 4000] [--model vision_tabular] [--out bench/results/workers.md]
+           [--interval 4000] [--model vision_tabular] [--rate R] [--out bench/results/workers.md]
        (perf_analyzer comes from `make perf-tools`'s own venv)
 
 1. builds the model (default vision_tabular: two inputs, inception and residual blocks, ~49k
@@ -14,7 +14,9 @@ usage: .venv/bin/python bench/workers.py [--workers 0,1,2] [--concurrency 32,64]
 4. during each run reads the CPU time of every process of the server from /proc (the
    supervisor, the model process, each worker; one process: its event loop thread and the
    rest) and divides by the requests answered;
-5. prints one markdown table (medians over the rounds), the ratios to one process, and
+5. with --rate R, also runs each server at a fixed R requests/s, where the CPU each process
+   spends per request shows without the machine being full (what a bigger node's sizing needs);
+6. prints one markdown table (medians over the rounds), the ratios to one process, and
    PASS/FAIL for the target: --workers 1 at least 1.2x one process's req/s at every
    concurrency, with a p99 no higher.
 """
@@ -74,6 +76,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--interval", type=int, default=4000, help="perf_analyzer -p (ms)")
     parser.add_argument("--model", default="vision_tabular")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        help="also measure every server at this fixed request rate (req/s): CPU per request "
+        "at equal load, without the machine being full",
+    )
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
@@ -102,6 +110,12 @@ def main() -> None:
                         f"round {round_}: {label(workers)}, {level} clients: "
                         f"{result.requests_per_s:,.0f} req/s, p99 {result.p99_ms:.1f} ms"
                     )
+            for workers in counts if args.rate else ():
+                cpu = functools.partial(process_cpu, servers[workers])
+                result = measure(
+                    servers[workers], args.model, 64, args.interval, cpu=cpu, rate=args.rate
+                )
+                results.setdefault((workers, -args.rate), []).append(result)
     report = render(args, counts, levels, results)
     print(report)
     if args.out:
@@ -132,7 +146,8 @@ def render(
         f"Machine: {machine()}",
         f"Command: `.venv/bin/python bench/workers.py --workers {args.workers} "
         f"--concurrency {args.concurrency} --rounds {args.rounds} --interval {args.interval} "
-        f"--model {args.model}`; perf_analyzer on the same machine, medians of the rounds.",
+        f"--model {args.model}" + (f" --rate {args.rate}" if args.rate else "") + "`; "
+        "perf_analyzer on the same machine, medians of the rounds.",
         "",
         "| server | clients | req/s | vs one process | p50 ms | p99 ms | batch | "
         "CPU µs per request, by process |",
@@ -157,6 +172,22 @@ def render(
                     f"p99 {result.p99_ms:.1f} vs {base.p99_ms:.1f} ms: "
                     f"{'PASS' if ok else 'FAIL'}"
                 )
+    if args.rate:
+        lines += [
+            "",
+            f"At a fixed {args.rate:,} requests/s (perf_analyzer --request-rate-range), "
+            "CPU per request when the machine is not full:",
+            "",
+            "| server | req/s | p50 ms | p99 ms | batch | CPU µs per request, by process |",
+            "|---|---|---|---|---|---|",
+        ]
+        for workers in counts:
+            result = median_result(results[(workers, -args.rate)])
+            cpu = ", ".join(f"{name} {us:.0f}" for name, us in sorted(result.cpu_us.items()))
+            lines.append(
+                f"| {label(workers)} | {result.requests_per_s:,.0f} | {result.p50_ms:.1f} | "
+                f"{result.p99_ms:.1f} | {fmt(result.batch, 1)} | {cpu} |"
+            )
     return "\n".join([*lines, "", *verdicts]) + "\n"
 
 

@@ -33,10 +33,11 @@ BIG_ROWS = (64 * 1024 * 1024 - 64 * 1024) // (16 * 4)  # an echo request just un
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, DemoModel]]:
-    """echo (batching off, room for a 64 MiB request) and multi_task (batched)."""
+    """echo (batching off, room for a 64 MiB request), multi_task (batched) and
+    text_classifier (string inputs)."""
     root = tmp_path_factory.mktemp("workers")
     models = {}
-    for name in ("echo", "multi_task"):
+    for name in ("echo", "multi_task", "text_classifier"):
         model = default_registry.get(name).build(**SMALL[name])
         export_model(model, root, name)
         models[name] = DemoModel(name, model)
@@ -132,6 +133,16 @@ def test_traffic_spreads_over_the_workers_and_each_gets_the_keras_numbers(
     assert stats.execution_count < stats.inference_stats.success.count  # batches merged
     for channel in channels.values():
         channel.close()
+
+
+def test_string_tensors_cross_to_the_model_process_and_back(
+    workers: ServeProcess, repository: tuple[Path, dict[str, DemoModel]]
+) -> None:
+    model = repository[1]["text_classifier"]
+    inputs = model.sample(rows=4, seed=5)
+    got = output_arrays(workers.stub.ModelInfer(infer_request("text_classifier", inputs)))
+    for output, values in model.predict(inputs).items():
+        np.testing.assert_allclose(got[output], values, atol=ATOL, err_msg=output)
 
 
 def test_metrics_count_every_request_of_every_worker_exactly(workers: ServeProcess) -> None:
@@ -272,6 +283,7 @@ def test_a_load_or_unload_through_one_worker_is_seen_by_every_worker(
         assert {(m.name, m.state) for m in index.models} == {
             ("echo", "AVAILABLE"),
             ("multi_task", "UNAVAILABLE"),
+            ("text_classifier", "UNAVAILABLE"),
         }
 
         two.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="echo"), timeout=60)
