@@ -189,7 +189,6 @@ class ModelLink:
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._connected = asyncio.Event()
 
     async def start(self) -> None:
         self._spawn(self._keep_connected())
@@ -219,13 +218,11 @@ class ModelLink:
                     closed.set_result(error)
 
             self._connection = Connection(sock, self._on_message, ended)
-            self._connected.set()
             await closed
             self._lost()
 
     def _lost(self) -> None:
         self._connection = None
-        self._connected.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ModelNotReady(RESTARTING))
